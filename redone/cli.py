@@ -1,0 +1,114 @@
+"""`redone` command line: a thin layer over the stage, config, model and eval modules.
+
+    redone train --stage cpt|sft|dpo --config FILE [key=value ...]
+    redone config show --stage cpt --config FILE [key=value ...]
+    redone model prepare [--name smollm2-135m-instruct] | redone model tiny --out DIR
+
+User errors (RedoneError) print one line to stderr and exit 1; usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from redone.errors import RedoneError
+
+STAGE_MODULES = {"cpt": ("redone.train.cpt", "CPTStage")}
+
+
+def _offline_defaults() -> None:
+    # Offline unless the user says otherwise: an unknown hub id would otherwise retry for ~50 s.
+    for key, value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("WANDB_MODE", "offline"),
+                       ("TOKENIZERS_PARALLELISM", "false")):
+        os.environ.setdefault(key, value)
+
+
+def stage_class(stage: str):
+    if stage not in STAGE_MODULES:
+        raise NotImplementedError(stage)
+    import importlib
+
+    module, name = STAGE_MODULES[stage]
+    return getattr(importlib.import_module(module), name)
+
+
+def cmd_train(args) -> int:
+    from redone.config import load_config
+    from redone.train.loop import run_training
+
+    config = load_config(args.stage, args.config, args.overrides)
+    try:
+        cls = stage_class(args.stage)
+    except NotImplementedError:
+        print(f"redone: stage '{args.stage}' is not yet implemented", file=sys.stderr)
+        return 2
+    final = run_training(config, cls)
+    if final is None:
+        print(f"[redone] {args.stage} stopped at train.stop_after_steps; rerun to resume")
+    else:
+        print(f"[redone] {args.stage} finished: {final}")
+    return 0
+
+
+def cmd_config_show(args) -> int:
+    from redone.config import config_to_yaml, load_config
+
+    print(config_to_yaml(load_config(args.stage, args.config, args.overrides)), end="")
+    return 0
+
+
+def cmd_model(args) -> int:
+    from redone.model import make_tiny_model, resolve_model
+
+    if args.model_cmd == "prepare":
+        print(resolve_model(args.name))
+    elif args.model_cmd == "tiny":
+        print(make_tiny_model(args.out, layers=args.layers, hidden=args.hidden))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="redone", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train one stage")
+    train.add_argument("--stage", required=True, choices=["cpt", "sft", "dpo"])
+    train.add_argument("--config", required=True)
+    train.add_argument("overrides", nargs="*", help="key=value config overrides")
+    train.set_defaults(func=cmd_train)
+
+    config = sub.add_parser("config", help="inspect configs")
+    config_sub = config.add_subparsers(dest="config_cmd", required=True)
+    show = config_sub.add_parser("show", help="print the resolved config")
+    show.add_argument("--stage", required=True, choices=["cpt", "sft", "dpo"])
+    show.add_argument("--config", default=None)
+    show.add_argument("overrides", nargs="*")
+    show.set_defaults(func=cmd_config_show)
+
+    model = sub.add_parser("model", help="model utilities")
+    model_sub = model.add_subparsers(dest="model_cmd", required=True)
+    prepare = model_sub.add_parser("prepare", help="convert/cache a built-in model, print its dir")
+    prepare.add_argument("--name", default="smollm2-135m-instruct")
+    prepare.set_defaults(func=cmd_model)
+    tiny = model_sub.add_parser("tiny", help="write a tiny random model (tests, benchmarks)")
+    tiny.add_argument("--out", required=True)
+    tiny.add_argument("--layers", type=int, default=2)
+    tiny.add_argument("--hidden", type=int, default=64)
+    tiny.set_defaults(func=cmd_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _offline_defaults()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RedoneError as err:
+        print(f"redone: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

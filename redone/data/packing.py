@@ -1,0 +1,234 @@
+"""Padding-free packing shared by every stage.
+
+A tokenized source lives in a ``TokenStore``: all token ids in one int32 array, an offsets array, a
+loss mask, and for items with several parts (a DPO pair's chosen and rejected) the part boundaries.
+Packers draw items from the ``MixtureSampler`` and fill rows of ``seq_len`` tokens:
+
+- ``DocumentPacker`` (cpt): a continuous stream; a document longer than what is left of a row carries
+  on in the next row.
+- ``ItemPacker`` (sft, dpo): whole items only; an item that doesn't fit starts the next row.
+
+Every segment (a document piece, an example, a chosen or rejected sequence) gets ``position_ids``
+restarting at 0, which is how transformers builds a per-segment causal mask (sdpa on CPU, flash-attn
+varlen on GPU) with no padding inside a row. The first label of each segment is ignored so nothing is
+predicted across a boundary. A row's unused tail becomes its own ignored segment.
+
+Packer state (sampler state + the carried item) is plain JSON: resume is O(1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from redone.data.mixture import MixtureSampler
+
+IGNORE = -100
+
+
+@dataclass
+class TokenStore:
+    """Tokenized items of one source. Item i spans tokens[offsets[i]:offsets[i+1]]."""
+
+    tokens: np.ndarray  # int32
+    offsets: np.ndarray  # int64, len n+1
+    loss_mask: np.ndarray | None = None  # bool per token; None = every token counts
+    part_offsets: np.ndarray | None = None  # per item, start of its second part (dpo rejected), relative
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def item(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        start, end = self.offsets[i], self.offsets[i + 1]
+        ids = self.tokens[start:end]
+        mask = self.loss_mask[start:end] if self.loss_mask is not None else np.ones(len(ids), dtype=bool)
+        return ids, mask
+
+    @classmethod
+    def from_lists(cls, ids: list[list[int]], masks: list[list[bool]] | None = None,
+                   parts: list[int] | None = None) -> TokenStore:
+        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([len(x) for x in ids])
+        tokens = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(offsets[-1]))
+        mask = None
+        if masks is not None:
+            mask = np.fromiter((bool(m) for x in masks for m in x), dtype=bool, count=int(offsets[-1]))
+        part_offsets = np.asarray(parts, dtype=np.int64) if parts is not None else None
+        return cls(tokens, offsets, mask, part_offsets)
+
+
+@dataclass
+class Segment:
+    start: int  # position in the row
+    length: int
+    source: int
+    item: int
+    part: int = 0  # dpo: 0 chosen, 1 rejected
+
+
+@dataclass
+class Row:
+    input_ids: np.ndarray
+    labels: np.ndarray
+    position_ids: np.ndarray
+    segments: list[Segment] = field(default_factory=list)
+
+
+class _RowBuilder:
+    def __init__(self, seq_len: int, restart_positions: bool):
+        self.seq_len = seq_len
+        self.restart = restart_positions
+        self.ids: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+        self.positions: list[np.ndarray] = []
+        self.segments: list[Segment] = []
+        self.used = 0
+
+    def room(self) -> int:
+        return self.seq_len - self.used
+
+    def add(self, ids: np.ndarray, mask: np.ndarray, source: int, item: int, part: int = 0) -> None:
+        labels = np.where(mask, ids, IGNORE).astype(np.int64)
+        if self.restart:
+            labels[0] = IGNORE  # never predict a segment's first token from the previous segment
+            positions = np.arange(len(ids), dtype=np.int64)
+        else:
+            positions = np.arange(self.used, self.used + len(ids), dtype=np.int64)
+        self.segments.append(Segment(self.used, len(ids), source, item, part))
+        self.ids.append(ids.astype(np.int64))
+        self.labels.append(labels)
+        self.positions.append(positions)
+        self.used += len(ids)
+
+    def finish(self, pad_id: int, fill: bool) -> Row:
+        if fill and self.used < self.seq_len:
+            # The tail is its own segment (positions restart, labels ignored): no attention mask needed.
+            n = self.seq_len - self.used
+            self.ids.append(np.full(n, pad_id, dtype=np.int64))
+            self.labels.append(np.full(n, IGNORE, dtype=np.int64))
+            self.positions.append(np.arange(n, dtype=np.int64))
+        return Row(np.concatenate(self.ids), np.concatenate(self.labels), np.concatenate(self.positions),
+                   self.segments)
+
+
+class DocumentPacker:
+    """CPT: documents streamed into full rows; long documents continue in the next row."""
+
+    def __init__(self, stores: list[TokenStore], sampler: MixtureSampler, seq_len: int,
+                 cross_document_attention: bool = False):
+        self.stores, self.sampler, self.seq_len = stores, sampler, seq_len
+        self.cross_doc = cross_document_attention
+        self.carry: list[int] | None = None  # [source, item, offset into the item]
+
+    def next_row(self) -> Row:
+        row = _RowBuilder(self.seq_len, restart_positions=not self.cross_doc)
+        while row.room() > 0:
+            if self.carry is None:
+                source, item = self.sampler.next()
+                self.carry = [source, item, 0]
+            source, item, offset = self.carry
+            ids, mask = self.stores[source].item(item)
+            take = min(row.room(), len(ids) - offset)
+            row.add(ids[offset:offset + take], mask[offset:offset + take], source, item)
+            self.carry = [source, item, offset + take] if offset + take < len(ids) else None
+        return row.finish(pad_id=0, fill=False)
+
+    def state_dict(self) -> dict:
+        return {"sampler": self.sampler.state_dict(), "carry": self.carry}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+        self.carry = state["carry"]
+
+
+class ItemPacker:
+    """SFT/DPO: whole items (an example, or a pair's two sequences) into rows of at most seq_len.
+
+    With ``packing=False`` every row holds exactly one item (the padded comparison path).
+    """
+
+    def __init__(self, stores: list[TokenStore], sampler: MixtureSampler, seq_len: int, pad_id: int,
+                 packing: bool = True):
+        self.stores, self.sampler, self.seq_len = stores, sampler, seq_len
+        self.pad_id, self.packing = pad_id, packing
+        self.carry: list[int] | None = None  # [source, item] drawn but not yet placed
+
+    def _add_item(self, row: _RowBuilder, source: int, item: int) -> None:
+        store = self.stores[source]
+        ids, mask = store.item(item)
+        if store.part_offsets is None:
+            row.add(ids, mask, source, item)
+            return
+        cut = int(store.part_offsets[item])
+        row.add(ids[:cut], mask[:cut], source, item, part=0)
+        row.add(ids[cut:], mask[cut:], source, item, part=1)
+
+    def next_row(self) -> Row:
+        row = _RowBuilder(self.seq_len, restart_positions=True)
+        while True:
+            if self.carry is None:
+                self.carry = list(self.sampler.next())
+            source, item = self.carry
+            length = int(self.stores[source].lengths()[item])
+            if row.segments and (length > row.room() or not self.packing):
+                break
+            self._add_item(row, source, item)  # items never exceed seq_len (checked at tokenisation)
+            self.carry = None
+        return row.finish(self.pad_id, fill=self.packing)
+
+    def state_dict(self) -> dict:
+        return {"sampler": self.sampler.state_dict(), "carry": self.carry}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+        self.carry = state["carry"]
+
+
+def collate(rows: list[Row], pad_id: int, layout: str = "rows") -> dict:
+    """Rows -> model inputs. ``segments`` are (batch row, start, length, source, item, part).
+
+    - ``rows``: packed rows stack to [B, L] (per-row block masks from position_ids; attention costs
+      B*L^2, which is what sdpa on CPU wants).
+    - ``flat``: one [1, sum L] sequence (flash-attn varlen: no quadratic waste at all).
+    - ``padded``: every segment becomes its own right-padded row with an attention mask: the classic
+      unpacked batch, kept for comparison (``packing: false``).
+    """
+    if layout == "padded":
+        return _collate_padded(rows, pad_id)
+    segments = []
+    if layout == "flat":
+        offset = 0
+        for row in rows:
+            segments += [(0, offset + s.start, s.length, s.source, s.item, s.part) for s in row.segments]
+            offset += len(row.input_ids)
+        return {name: torch.from_numpy(np.concatenate([getattr(r, name) for r in rows]))[None]
+                for name in ("input_ids", "labels", "position_ids")} | {"segments": segments}
+    if len({len(r.input_ids) for r in rows}) != 1:
+        raise ValueError("packed rows must share one length")
+    for b, row in enumerate(rows):
+        segments += [(b, s.start, s.length, s.source, s.item, s.part) for s in row.segments]
+    return {name: torch.from_numpy(np.stack([getattr(r, name) for r in rows]))
+            for name in ("input_ids", "labels", "position_ids")} | {"segments": segments}
+
+
+def _collate_padded(rows: list[Row], pad_id: int) -> dict:
+    pieces = [(row, s) for row in rows for s in row.segments]
+    width = max(s.length for _, s in pieces)
+    input_ids = torch.full((len(pieces), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(pieces), width), IGNORE, dtype=torch.long)
+    attention_mask = torch.zeros((len(pieces), width), dtype=torch.long)
+    segments = []
+    for b, (row, s) in enumerate(pieces):
+        span = slice(s.start, s.start + s.length)
+        input_ids[b, : s.length] = torch.from_numpy(row.input_ids[span])
+        labels[b, : s.length] = torch.from_numpy(row.labels[span])
+        attention_mask[b, : s.length] = 1
+        segments.append((b, 0, s.length, s.source, s.item, s.part))
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask,
+            "position_ids": position_ids, "segments": segments}

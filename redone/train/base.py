@@ -1,0 +1,121 @@
+"""What a stage gives the loop: data (a resumable packer) and a loss over one micro-batch.
+
+The loop never looks inside a batch. A stage's ``loss`` returns the *sum* of its per-unit losses and
+the number of units (tokens for cpt/sft, pairs for dpo), so the loop can weight gradient accumulation
+by real units across micro-batches and processes, plus per-tag sums for per-source/per-task metrics.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from redone.config.schema import RunConfig
+from redone.data.packing import IGNORE, collate
+
+
+@dataclass
+class LossOutput:
+    loss_sum: torch.Tensor  # differentiable sum over units
+    units: int  # tokens (cpt/sft) or pairs (dpo) the sum is over
+    real_tokens: int  # non-pad input tokens (throughput)
+    tags: dict[str, list[float]] = field(default_factory=dict)  # tag -> [loss sum, units, ...extras]
+
+
+class Stage:
+    """Base class: subclasses build ``self.packer``, ``self.source_names`` and define ``loss``."""
+
+    name = "base"
+
+    def __init__(self, config: RunConfig, tokenizer):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.packer = None
+        self.source_names: list[str] = []
+        self.source_info: list[dict] = []  # lineage: name, path, digest, items, tokens
+        self.layout = "rows"  # rows | flat | padded (set by the loop from the attention choice)
+
+    def prepare_model(self, model) -> None:
+        """Hook before training starts (dpo computes its reference cache here)."""
+
+    def next_batch(self, rank: int, world: int) -> dict:
+        """The next global micro-batch (world * micro_batch_size rows); this rank keeps its share."""
+        rows = [self.packer.next_row() for _ in range(world * self.config.train.micro_batch_size)]
+        return collate(rows[rank::world], self.tokenizer.pad_token_id, self.layout)
+
+    def loss(self, model, batch: dict) -> LossOutput:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return self.packer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.packer.load_state_dict(state)
+
+    def batch_units(self, batch: dict) -> int:
+        """Units the loss of this batch is averaged over, known before the forward pass."""
+        return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+    def tag_names(self) -> list[str]:
+        """Every tag the loss may report (all ranks reduce the same list)."""
+        return list(self.source_names)
+
+    def tag_metrics(self, tag: str, totals: list[float]) -> dict[str, float]:
+        """Log entries for one tag's summed values ([loss sum, tokens] for token losses)."""
+        return {f"loss/{tag}": totals[0] / max(totals[1], 1), f"tokens/{tag}": totals[1]}
+
+    def eval_batches(self) -> dict[str, list[dict]]:
+        """Held-out batches per tag for the periodic eval loss (none by default)."""
+        return {}
+
+
+def model_inputs(batch: dict) -> dict:
+    keys = ("input_ids", "position_ids", "attention_mask")
+    return {k: batch[k] for k in keys if k in batch}
+
+
+def token_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-prob of each label under the model, and the mask of scored tokens.
+
+    Returns tensors of shape [B, L-1] aligned with ``labels[:, 1:]`` (position t predicts t+1).
+    """
+    logits = model(**model_inputs(batch), use_cache=False).logits[:, :-1]
+    labels = batch["labels"][:, 1:].to(logits.device)
+    mask = labels != IGNORE
+    safe = labels.masked_fill(~mask, 0)
+    logp = -F.cross_entropy(logits.float().transpose(1, 2), safe, reduction="none")
+    return logp * mask, mask
+
+
+def token_tag_ids(batch: dict, shape: tuple[int, int], device) -> torch.Tensor:
+    """[B, L-1] source index of each scored position (-1 outside segments), from the segment list."""
+    tags = torch.full(shape, -1, dtype=torch.long)
+    for b, start, length, source, _item, _part in batch["segments"]:
+        # Position t scores label t+1: a segment [start, start+length) is scored at [start-1, start+length-1).
+        tags[b, max(start - 1, 0): start + length - 1] = source
+    return tags.to(device)
+
+
+def token_ce_loss(model, batch: dict, source_names: list[str]) -> LossOutput:
+    """Next-token cross-entropy summed over labelled tokens, with per-source sums (cpt and sft)."""
+    logp, mask = token_logprobs(model, batch)
+    nll = -logp
+    tags: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    tag_ids = token_tag_ids(batch, tuple(mask.shape), mask.device)
+    with torch.no_grad():
+        detached = nll.detach()
+        for index, name in enumerate(source_names):
+            selected = mask & (tag_ids == index)
+            count = int(selected.sum())
+            if count:
+                tags[name][0] += float(detached[selected].sum())
+                tags[name][1] += count
+    return LossOutput(nll.sum(), int(mask.sum()), real_tokens(batch), dict(tags))
+
+
+def real_tokens(batch: dict) -> int:
+    """Tokens that belong to a segment (row tails and padding excluded)."""
+    return sum(segment[2] for segment in batch["segments"])

@@ -1,0 +1,369 @@
+"""The one training loop (cpt, sft and dpo differ only in their Stage: batches -> loss).
+
+Features
+- accelerate underneath: single process, DDP, DeepSpeed ZeRO-2/3 and FSDP2 via ``accelerate launch``;
+  nothing here touches whole parameters on one process except through accelerate (clip, save, gather).
+- Gradient accumulation weighted by real units (tokens, or pairs for dpo): every micro-batch's loss
+  sum is divided by the step's global unit count, so a step equals one big batch however it is split
+  across micro-batches and processes.
+- AdamW, warmup + cosine/linear/constant, grad clipping, bf16 autocast (CUDA default) or fp32 (CPU
+  default), optional gradient checkpointing and LoRA.
+- Logs loss, lr, grad-norm, tokens/s and per-source/task token counts and losses to the console
+  (progress bar), ``output_dir/train_log.jsonl`` and wandb/tensorboard (``tracking.report_to``).
+- Checkpoints every ``save_every`` steps (see checkpoint.py); exact resume restores model, optimizer,
+  scheduler, RNG and the data position in O(1). ``final/`` is a plain ``save_pretrained`` dir.
+
+Errors: a non-empty ``output_dir`` with nothing to resume, an already finished run, or a resume whose
+data order changed (unless ``train.force_resume``) raise ``RedoneError``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from redone import __version__
+from redone.config.load import config_hash, config_to_dict, config_to_yaml
+from redone.config.schema import RunConfig
+from redone.errors import RedoneError
+from redone.model import fingerprint_state_dict, load_model, load_tokenizer, resolve_model
+from redone.train import checkpoint as ckpt
+from redone.train.optim import build_optimizer, build_scheduler
+
+# Keys whose change alters which data a step sees: resuming across such a change is refused.
+DATA_ORDER_KEYS = ("seed", "data")
+
+
+def run_training(config: RunConfig, stage_cls) -> Path | None:
+    """Train one stage; returns the final model dir (None when stopped early by stop_after_steps)."""
+    output_dir = Path(config.output_dir)
+    resume_from = check_output_dir(config, output_dir)
+    accelerator = make_accelerator(config)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    torch.manual_seed(config.seed)
+
+    tokenizer = load_tokenizer(config.model.name_or_path, config.model.trust_remote_code)
+    stage = stage_cls(config, tokenizer)
+    model = build_model(config, accelerator)
+    stage.layout = batch_layout(config, model)
+    stage.prepare_model(model)  # dpo: reference log-probs, computed by the starting policy itself
+    optimizer = build_optimizer(model, config.optim)
+    scheduler = build_scheduler(optimizer, config.optim, config.train.max_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    state = new_loop_state(config, accelerator)
+    state["tag_names"] = stage.tag_names()
+    if resume_from is not None:
+        state = restore(accelerator, stage, resume_from, config)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(config_to_yaml(config))
+        truncate_log(output_dir / "train_log.jsonl", state["step"])
+    start_trackers(accelerator, config)
+
+    finished = train_steps(config, accelerator, stage, model, optimizer, scheduler, state)
+    if not finished:
+        accelerator.end_training()
+        return None
+    final = save_final(config, accelerator, model, tokenizer, stage, state)
+    accelerator.end_training()
+    return final
+
+
+def check_output_dir(config: RunConfig, output_dir: Path) -> Path | None:
+    """Decide between a fresh start and a resume; refuse anything that would overwrite a run."""
+    if (output_dir / "final" / "config.json").exists():
+        raise RedoneError(f"output_dir: {output_dir} already holds a finished run (final/); "
+                          "choose another output_dir or delete it")
+    resume_from = ckpt.resolve_resume(config.train.resume, output_dir)
+    if resume_from is None and output_dir.exists() and any(output_dir.iterdir()):
+        raise RedoneError(f"output_dir: {output_dir} is not empty and there is no checkpoint to resume "
+                          "(train.resume); refusing to overwrite it")
+    return resume_from
+
+
+def make_accelerator(config: RunConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    if "wandb" in config.tracking.report_to:
+        os.environ.setdefault("WANDB_MODE", config.tracking.wandb_mode)
+    precision = resolve_precision(config.train.precision)
+    return Accelerator(
+        gradient_accumulation_steps=config.train.grad_accum,
+        mixed_precision="bf16" if precision == "bf16" else "no",
+        log_with=list(config.tracking.report_to) or None,
+        project_config=ProjectConfiguration(project_dir=config.output_dir, logging_dir=config.output_dir),
+    )
+
+
+def resolve_precision(requested: str) -> str:
+    if requested == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    return requested
+
+
+def build_model(config: RunConfig, accelerator):
+    model = load_model(config.model.name_or_path, attn_implementation=config.model.attn_implementation,
+                       trust_remote_code=config.model.trust_remote_code)
+    if config.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if config.model.lora.enabled:
+        model = apply_lora(model, config.model.lora)
+    return model
+
+
+def apply_lora(model, lora):
+    from peft import LoraConfig, get_peft_model
+
+    peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                             target_modules=list(lora.target_modules),
+                             modules_to_save=list(lora.modules_to_save) or None, task_type="CAUSAL_LM")
+    if getattr(model, "is_gradient_checkpointing", False):
+        model.enable_input_require_grads()
+    return get_peft_model(model, peft_config)
+
+
+def batch_layout(config: RunConfig, model) -> str:
+    if not config.data.packing:
+        return "padded"
+    # flash-attn's varlen kernel takes one flat sequence; sdpa prefers [B, L] rows (cost B*L^2, not (BL)^2).
+    return "flat" if getattr(model.config, "_attn_implementation", "") == "flash_attention_2" else "rows"
+
+
+def new_loop_state(config: RunConfig, accelerator) -> dict:
+    return {"step": 0, "tokens": 0, "units": 0, "source_tokens": {}, "data_hash": data_order_hash(config),
+            "tag_names": [],
+            "world_size": accelerator.num_processes, "redone_version": __version__}
+
+
+def data_order_hash(config: RunConfig) -> str:
+    data = config_to_dict(config)
+    data["train_batch"] = [config.train.micro_batch_size, config.train.grad_accum]
+    return config_hash(data, DATA_ORDER_KEYS + ("train_batch",))
+
+
+def restore(accelerator, stage, path: Path, config: RunConfig) -> dict:
+    state = ckpt.read_loop_state(path)
+    if state["data_hash"] != data_order_hash(config) and not config.train.force_resume:
+        raise RedoneError(f"train.resume: {path} was written with a different data order (data/seed/batch "
+                          "settings changed); set train.force_resume=true to resume anyway")
+    if state["world_size"] != accelerator.num_processes and not config.train.force_resume:
+        raise RedoneError(f"train.resume: {path} was written by {state['world_size']} processes, now "
+                          f"{accelerator.num_processes}; set train.force_resume=true to resume anyway")
+    accelerator.load_state(str(path))
+    stage.load_state_dict(state["data"])
+    accelerator.print(f"[redone] resumed from {path} at step {state['step']}")
+    return state
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop log lines past the resume step, so a resumed run's log equals an uninterrupted one."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def start_trackers(accelerator, config: RunConfig) -> None:
+    if config.tracking.report_to:
+        run_name = config.tracking.run_name or f"{Path(config.output_dir).name}-{config.stage}"
+        init_kwargs = {"wandb": {"name": run_name, "dir": config.output_dir}} if "wandb" in config.tracking.report_to else {}
+        accelerator.init_trackers(config.tracking.project, config=flat_config(config_to_dict(config)),
+                                  init_kwargs=init_kwargs)
+
+
+def flat_config(node: dict, prefix: str = "") -> dict:
+    """Dotted keys with scalar values: what tensorboard's hparams (and wandb's table) accept."""
+    flat = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            flat.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+    return flat
+
+
+def global_sum(accelerator, value: float) -> float:
+    if accelerator.num_processes == 1:
+        return float(value)
+    tensor = torch.tensor([float(value)], dtype=torch.float64, device=accelerator.device)
+    return float(accelerator.reduce(tensor, reduction="sum").item())
+
+
+def train_steps(config, accelerator, stage, model, optimizer, scheduler, state) -> None:
+    train = config.train
+    world, rank = accelerator.num_processes, accelerator.process_index
+    progress = make_progress(accelerator, train, state["step"])
+    window = Meter()
+    model.train()
+    last = train.max_steps
+    if train.stop_after_steps:
+        last = min(last, state["step"] + train.stop_after_steps)
+    for step in range(state["step"], last):
+        micro_batches = [stage.next_batch(rank, world) for _ in range(train.grad_accum)]
+        # Units are counted before any backward so each micro-batch can be scaled by the step total.
+        step_units = global_sum(accelerator, sum(stage.batch_units(mb) for mb in micro_batches))
+        step_meter, grad_norm = Meter(), None
+        for batch in micro_batches:
+            with accelerator.accumulate(model):
+                out = stage.loss(model, batch)
+                # accelerate divides by grad_accum and DDP averages over ranks: undo both, then
+                # normalise by the global unit count of the whole step.
+                scale = world * train.grad_accum / max(step_units, 1.0)
+                accelerator.backward(out.loss_sum * scale)
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            step_meter.add(out)
+        state["step"] = step + 1
+        record_step(state, step_meter, accelerator)
+        window.merge(step_meter)
+        if state["step"] % train.log_every == 0 or state["step"] == train.max_steps:
+            log_metrics(config, accelerator, stage, window, state, scheduler, grad_norm, progress)
+            window = Meter()
+        if state["step"] % train.save_every == 0 or state["step"] in (train.max_steps, last):
+            save_checkpoint(config, accelerator, stage, state)
+        progress.update(1)
+    progress.close()
+    return state["step"] == train.max_steps
+
+
+class Meter:
+    """Sums of loss, units, tokens and per-tag values over some micro-batches."""
+
+    def __init__(self):
+        self.loss_sum, self.units, self.tokens, self.start = 0.0, 0, 0, time.perf_counter()
+        self.tags: dict[str, list[float]] = {}
+
+    def add(self, out) -> None:
+        self.loss_sum += float(out.loss_sum.detach())
+        self.units += out.units
+        self.tokens += out.real_tokens
+        self._add_tags(out.tags)
+
+    def merge(self, other: Meter) -> None:
+        self.loss_sum += other.loss_sum
+        self.units += other.units
+        self.tokens += other.tokens
+        self._add_tags(other.tags)
+
+    def _add_tags(self, tags: dict[str, list[float]]) -> None:
+        for tag, values in tags.items():
+            current = self.tags.setdefault(tag, [0.0] * len(values))
+            for i, value in enumerate(values):
+                current[i] += value
+
+    def global_tags(self, accelerator, names: list[str]) -> dict[str, list[float]]:
+        """Per-tag sums over all processes (every rank reduces the same tags, in the same order)."""
+        width = max((len(v) for v in self.tags.values()), default=2)
+        local = torch.tensor([self.tags.get(n, [0.0] * width) for n in names], dtype=torch.float64)
+        if accelerator.num_processes > 1:
+            local = accelerator.reduce(local.to(accelerator.device), reduction="sum").cpu()
+        return {n: row.tolist() for n, row in zip(names, local) if row[1] > 0}
+
+
+def record_step(state: dict, step_meter: Meter, accelerator) -> None:
+    state["tokens"] += int(global_sum(accelerator, step_meter.tokens))
+    state["units"] += int(global_sum(accelerator, step_meter.units))
+    for tag, values in step_meter.global_tags(accelerator, state["tag_names"]).items():
+        state["source_tokens"][tag] = state["source_tokens"].get(tag, 0) + int(values[1])
+
+
+def log_metrics(config, accelerator, stage, window, state, scheduler, grad_norm, progress) -> None:
+    loss_sum = global_sum(accelerator, window.loss_sum)
+    units = global_sum(accelerator, window.units)
+    tokens = global_sum(accelerator, window.tokens)
+    elapsed = max(time.perf_counter() - window.start, 1e-9)
+    metrics = {"step": state["step"], "loss": loss_sum / max(units, 1), "lr": scheduler.get_last_lr()[0],
+               "grad_norm": float(grad_norm) if grad_norm is not None else None,
+               "tokens_per_s": tokens / elapsed, "tokens_seen": state["tokens"]}
+    for tag, totals in window.global_tags(accelerator, state["tag_names"]).items():
+        metrics.update(stage.tag_metrics(tag, totals))
+    if accelerator.is_main_process:
+        with open(Path(config.output_dir) / "train_log.jsonl", "a") as handle:
+            handle.write(json.dumps(metrics) + "\n")
+        progress.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
+                             tok_s=f"{metrics['tokens_per_s']:.0f}")
+        if not config.train.progress:
+            print(json.dumps(metrics), flush=True)
+    accelerator.log({k: v for k, v in metrics.items() if v is not None and k != "step"}, step=state["step"])
+
+
+def make_progress(accelerator, train, start: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=train.max_steps, initial=start, desc="train", dynamic_ncols=True,
+                disable=not (accelerator.is_main_process and train.progress))
+
+
+def save_checkpoint(config, accelerator, stage, state) -> None:
+    output_dir = Path(config.output_dir)
+    tmp = ckpt.temp_dir_for(output_dir, state["step"])
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        loop_state = dict(state, data=stage.state_dict())
+        ckpt.finalize(tmp, ckpt.step_dir(output_dir, state["step"]), loop_state, config_to_yaml(config))
+        ckpt.prune(output_dir, config.train.keep_last)
+    accelerator.wait_for_everyone()
+
+
+def save_final(config, accelerator, model, tokenizer, stage, state) -> Path:
+    """Write output_dir/final: a plain HF model dir (gathered weights, merged LoRA) + lineage."""
+    output_dir = Path(config.output_dir)
+    final, tmp = output_dir / "final", output_dir / ".tmp-final"
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 / FSDP shards on the main process
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if config.model.lora.enabled:
+            unwrapped.save_pretrained(output_dir / "adapter")
+            unwrapped = unwrapped.merge_and_unload()
+            state_dict = unwrapped.state_dict()
+        unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "redone_config.yaml").write_text(config_to_yaml(config))
+        lineage = build_lineage(config, stage, state, state_dict)
+        (tmp / "redone.json").write_text(json.dumps(lineage, indent=1, default=str))
+        tmp.rename(final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def build_lineage(config, stage, state, state_dict) -> dict:
+    log = Path(config.output_dir) / "train_log.jsonl"
+    last = json.loads(log.read_text().splitlines()[-1]) if log.exists() and log.read_text().strip() else {}
+    return {
+        "stage": config.stage,
+        "parent_model": config.model.name_or_path,
+        "parent_path": resolve_model(config.model.name_or_path),
+        "fingerprint": fingerprint_state_dict(state_dict),
+        "data_sources": stage.source_info,
+        "tokens_seen": state["tokens"],
+        "source_tokens": state["source_tokens"],
+        "steps": state["step"],
+        "final_metrics": last,
+        "config": config_to_dict(config),
+        "redone_version": __version__,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 50.0))

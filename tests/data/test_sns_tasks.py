@@ -1,0 +1,404 @@
+"""Tests for the SNS task registry / prompt builder, on the real data shipped in data/."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from redone.data import sns_tasks as st
+from redone.errors import DataError, RedoneError
+
+DATA = Path(__file__).resolve().parents[2] / "data"
+SNS_FILES = sorted((DATA / "sns_bench").glob("*/*.json"))
+TRANSBENCH_FILES = sorted((DATA / "sns_transbench").glob("*.json"))
+HH_TRAIN = DATA / "preference" / "hh_rlhf_harmless_train.jsonl"
+SEED_TASKS = DATA / "general" / "self_instruct_seed_tasks.jsonl"
+
+# Gold-as-prediction scores of the official (bug-compatible) scorer, below 100 for documented reasons:
+# Taxonomy/Hashtag-single golds containing "end", "." or "," are cut by the official pattern;
+# Taxonomy-multiple likewise; MRC-simple gold spans containing "[" (emoji codes like "[Cry R]") cannot
+# be parsed by the official no-nested-brackets list pattern. Fixed mode scores all of them 100.
+BUG_COMPATIBLE_GOLD = {
+    ("train", "Note-Hashtag-single"): 96.6597,
+    ("train", "Note-MRC-simple"): 94.4559,
+    ("train", "Note-Taxonomy-multiple"): 95.1754,
+    ("train", "Note-Taxonomy-single"): 98.0952,
+    ("test", "Note-Hashtag-single"): 93.4524,
+    ("test", "Note-MRC-simple"): 94.1935,
+    ("test", "Note-Taxonomy-multiple"): 95.1872,
+    ("test", "Note-Taxonomy-single"): 98.4064,
+}
+
+
+def _split_and_task(path: Path) -> tuple[str, str]:
+    return path.parent.name, st.task_for_file(path)
+
+
+@pytest.fixture(scope="module")
+def sns_items() -> dict[Path, list[dict]]:
+    return {p: st.load_items(p) for p in SNS_FILES}
+
+
+@pytest.fixture(scope="module")
+def transbench_items() -> list[dict]:
+    return st.load_items(DATA / "sns_transbench" / "test.json")
+
+
+# ---------------------------------------------------------------- registry
+
+
+def test_registry_lists_all_builtin_tasks():
+    assert len(SNS_FILES) == 24, "data/sns_bench should hold 12 train and 12 test files"
+    names = st.list_tasks()
+    assert {p.stem for p in SNS_FILES} <= set(names)
+    assert {"TransBench-zh2en", "TransBench-en2zh"} <= set(names)
+    families = {st.get_task(n).family for n in st.SNS_BENCH_TASKS}
+    assert families == {"Taxonomy", "Hashtag", "QueryCorr", "MRC", "NER", "Gender", "CHLW", "QueryGen"}
+    assert st.get_task("Note-MRC-complex").max_new_tokens > st.get_task("Note-MRC-simple").max_new_tokens
+
+
+def test_unknown_task_suggests_the_closest_name():
+    with pytest.raises(RedoneError, match=r"unknown task 'Note-CHWL'.*did you mean 'Note-CHLW'"):
+        st.get_task("Note-CHWL")
+    with pytest.raises(RedoneError, match="did you mean 'Note-NER'"):
+        st.prompt_messages("note-ner", {"content": "x", "question": "y"})
+
+
+def test_unknown_style_is_refused():
+    with pytest.raises(RedoneError, match="did you mean 'official'"):
+        st.prompt_messages("Note-Gender", {"content": "x"}, style="oficial")
+
+
+def test_duplicate_registration_is_refused():
+    with pytest.raises(RedoneError, match="already registered"):
+        st.register_task(st.get_task("Note-NER"))
+
+
+def test_function_task_registration_round_trip():
+    task = st.Task(
+        name="Demo-Sentiment",
+        family="Sentiment",
+        max_new_tokens=4,
+        system="Is the comment positive? Answer Yes or No.",
+        user=lambda item: f"Comment: {item['text']}\nAnswer:",
+        fields=("text",),
+        answer_field="label",
+    )
+    st.register_task(task)
+    try:
+        ex = st.build_example("Demo-Sentiment", {"text": "love it", "label": "Yes"})
+        assert ex["task"] == "Demo-Sentiment"
+        assert [m["role"] for m in ex["messages"]] == ["system", "user", "assistant"]
+        assert ex["messages"][1]["content"] == "Comment: love it\nAnswer:"
+        assert ex["messages"][2]["content"] == "Yes"
+        with pytest.raises(RedoneError, match="no 'official' prompt"):
+            st.prompt_messages("Demo-Sentiment", {"text": "x"}, style="official")
+    finally:
+        st.unregister_task("Demo-Sentiment")
+    assert "Demo-Sentiment" not in st.list_tasks()
+
+
+# ---------------------------------------------------------------- YAML tasks
+
+
+def test_yaml_task_round_trip(tmp_path):
+    spec = tmp_path / "tone.yaml"
+    spec.write_text(
+        "name: Note-Tone\n"
+        "family: Tone\n"
+        "system: Classify the tone of the note. Answer with one word.\n"
+        'user: "Title: {title}\\nBody: {body}\\nAnswer:"\n'
+        "answer_field: tone\n"
+        "max_new_tokens: 8\n",
+        encoding="utf-8",
+    )
+    task = st.register_yaml_task(spec)
+    try:
+        assert task.fields == ("title", "body") and task.max_new_tokens == 8
+        item = {"title": "Rainy day", "body": "Stayed in with tea", "tone": "calm"}
+        ex = st.build_example("Note-Tone", item)
+        assert ex["messages"] == [
+            {"role": "system", "content": "Classify the tone of the note. Answer with one word."},
+            {"role": "user", "content": "Title: Rainy day\nBody: Stayed in with tea\nAnswer:"},
+            {"role": "assistant", "content": "calm"},
+        ]
+        assert st.answer_text("Note-Tone", item) == "calm"
+        with pytest.raises(DataError, match="missing field 'body'"):
+            st.prompt_messages("Note-Tone", {"title": "x"})
+        with pytest.raises(RedoneError, match="already registered"):
+            st.register_yaml_task(spec)
+    finally:
+        st.unregister_task("Note-Tone")
+
+
+def test_yaml_task_rejects_unknown_and_missing_keys(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: X\nfamily: F\nsystem: s\nuser: '{a}'\nmax_new_token: 3\n", encoding="utf-8")
+    with pytest.raises(
+        RedoneError, match=r"bad.yaml: unknown key 'max_new_token'.*did you mean 'max_new_tokens'"
+    ):
+        st.register_yaml_task(bad)
+    bad.write_text("name: X\nfamily: F\nsystem: s\nuser: '{a}'\n", encoding="utf-8")
+    with pytest.raises(RedoneError, match="missing key 'max_new_tokens'"):
+        st.register_yaml_task(bad)
+    bad.write_text("name: X\nfamily: F\nsystem: s\nuser: '{a.b}'\nmax_new_tokens: 3\n", encoding="utf-8")
+    with pytest.raises(RedoneError, match="plain field name"):
+        st.register_yaml_task(bad)
+    bad.write_text(
+        "name: X\nfamily: F\nsystem: s\nuser: '{a} {answer}'\nmax_new_tokens: 3\n", encoding="utf-8"
+    )
+    with pytest.raises(RedoneError, match=r"must not use the answer field \{answer\}"):
+        st.register_yaml_task(bad)
+    assert "X" not in st.list_tasks()
+
+
+# ---------------------------------------------------------------- loading and validation
+
+
+def test_every_shipped_file_loads(sns_items, transbench_items):
+    assert sum(len(v) for p, v in sns_items.items() if p.parent.name == "train") == 3964
+    assert sum(len(v) for p, v in sns_items.items() if p.parent.name == "test") == 1393
+    assert len(transbench_items) == 520
+    assert len(st.load_items(DATA / "sns_transbench" / "train.json")) == 1749
+
+
+def test_missing_field_names_file_and_index(tmp_path):
+    path = tmp_path / "Note-Gender.json"
+    path.write_text(json.dumps([{"content": "a", "answer": "Yes"}, {"content": "b"}]), encoding="utf-8")
+    with pytest.raises(DataError, match=rf"^{path}:1: missing field 'answer'$"):
+        st.load_items(path)
+    path.write_text(json.dumps([{"content": 3, "answer": "No"}]), encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{path}:0: field 'content' must be a string"):
+        st.load_items(path)
+    path.write_text(json.dumps({"content": "a"}), encoding="utf-8")
+    with pytest.raises(DataError, match="expected a JSON list"):
+        st.load_items(path)
+
+
+def test_mrc_simple_answer_must_be_a_list(tmp_path):
+    path = tmp_path / "Note-MRC-simple.json"
+    path.write_text(json.dumps([{"content": "c", "query": "q", "answer": "not a list"}]), encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{path}:0: field 'answer' must be a list of strings"):
+        st.load_items(path)
+
+
+def test_unknown_file_stem_suggests_a_task():
+    with pytest.raises(RedoneError, match=r"Note-Gendre.json: no task named after this file.*'Note-Gender'"):
+        st.task_for_file("somewhere/Note-Gendre.json")
+    with pytest.raises(RedoneError, match="transbench_task"):
+        st.get_task(st.TRANSBENCH)
+
+
+def test_transbench_directions(tmp_path, transbench_items):
+    assert st.task_for_file(DATA / "sns_transbench" / "test.json") == st.TRANSBENCH
+    zh2en = next(i for i in transbench_items if i["src_lang"] == "zh")
+    en2zh = next(i for i in transbench_items if i["src_lang"] == "en")
+    assert st.transbench_task(zh2en) == "TransBench-zh2en"
+    assert st.transbench_task(en2zh) == "TransBench-en2zh"
+    ex = st.build_example(st.TRANSBENCH, zh2en)
+    assert ex["task"] == "TransBench-zh2en"
+    assert zh2en["zh"].strip() in ex["messages"][1]["content"]
+    assert zh2en["en"] not in ex["messages"][1]["content"]
+    assert ex["messages"][2]["content"] == zh2en["en"]
+    assert st.answer_text(st.TRANSBENCH, en2zh) == en2zh["zh"]
+    bad = tmp_path / "transbench_bad.json"
+    bad.write_text(json.dumps([{"zh": "a", "en": "b", "src_lang": "zh", "dst_lang": "fr"}]), encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{bad}:0: unsupported direction 'zh' -> 'fr'"):
+        st.load_items(bad)
+
+
+# ---------------------------------------------------------------- prompts
+
+
+@pytest.mark.parametrize("style", st.STYLES)
+def test_prompt_ignores_the_answer(sns_items, transbench_items, style):
+    """Eval prompts are built from the same items: the answer field must never leak into them."""
+    cases = [(st.task_for_file(p), items[:25]) for p, items in sns_items.items()]
+    cases.append((st.TRANSBENCH, transbench_items[:25]))
+    for task, items in cases:
+        for item in items:
+            t = st.get_task(st.transbench_task(item)) if task == st.TRANSBENCH else st.get_task(task)
+            changed = {**item, t.answer_field: ["CHANGED"] if t.answer_type is list else "CHANGED"}
+            without = {k: v for k, v in item.items() if k != t.answer_field}
+            expected = st.prompt_messages(task, item, style)
+            assert st.prompt_messages(task, changed, style) == expected, task
+            assert st.prompt_messages(task, without, style) == expected, task
+
+
+@pytest.mark.parametrize("style", st.STYLES)
+def test_prompt_shape(sns_items, transbench_items, style):
+    items_by_task = {st.task_for_file(p): items[0] for p, items in sns_items.items()}
+    items_by_task.update({st.transbench_task(i): i for i in transbench_items})
+    assert set(items_by_task) == set(st.list_tasks())
+    for task, item in items_by_task.items():
+        system, user = st.prompt_messages(task, item, style)
+        assert system["role"] == "system" and user["role"] == "user"
+        assert system["content"].strip() and user["content"].strip()
+        # Every user turn ends with an answer cue (CHLW's own instruction ends in "Your output is:").
+        assert user["content"].rstrip().endswith(":"), task
+
+
+def test_redone_system_prompts_are_short_and_state_the_format():
+    for name in st.list_tasks():
+        system = st.get_task(name).system
+        limit = 600 if name == "Note-MRC-complex" else 320
+        assert len(system) <= limit, f"{name}: redone system prompt is {len(system)} chars"
+        assert "Answer" in system, name
+    assert "<Result>" in st.get_task("Note-MRC-complex").system
+    assert "primary | secondary | tertiary" in st.get_task("Note-Taxonomy-multiple").system
+    assert "Python list" in st.get_task("Note-MRC-simple").system
+    assert "[] if none" in st.get_task("Note-CHLW").system
+
+
+def test_official_style_has_worked_examples():
+    for name in st.list_tasks():
+        t = st.get_task(name)
+        assert t.official_system and len(t.official_system) > len(t.system), name
+        assert t.official_system.count("Answer:") >= 2 or "Example" in t.official_system, name
+
+
+def test_chlw_embedded_instruction_is_not_repeated(sns_items):
+    items = [i for p, v in sns_items.items() if p.stem == "Note-CHLW" for i in v]
+    assert len(items) == 233
+    assert all(st.chlw_parts(i["content"]) for i in items), "a CHLW item has an unknown layout"
+    for item in items:
+        user = st.prompt_messages("Note-CHLW", item)[1]["content"]
+        assert "Your output is" not in user and "Please provide" not in user
+        assert user.startswith("Comment: ") and "\nOptions: [" in user and user.endswith("\nAnswer:")
+        # The official style keeps the item exactly as released (instruction included).
+        assert st.prompt_messages("Note-CHLW", item, "official")[1]["content"] == item["content"]
+    assert st.prompt_messages("Note-CHLW", {"content": "odd layout"})[1]["content"] == "odd layout"
+
+
+def test_querycorr_topic_drops_code_fences(sns_items):
+    item = sns_items[DATA / "sns_bench" / "test" / "Note-QueryCorr-topic.json"][0]
+    user = st.prompt_messages("Note-QueryCorr-topic", item)[1]["content"]
+    assert "```" not in user and user.startswith("Query: ")
+
+
+# ---------------------------------------------------------------- round trip through the scorer
+
+
+@pytest.mark.parametrize("path", SNS_FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_gold_answer_round_trip(path, sns_items):
+    """The assistant turn SFT trains on is exactly what the scorer gives full marks for."""
+    scoring = pytest.importorskip("redone.eval.scoring")
+    split, task = _split_and_task(path)
+    items = sns_items[path]
+    predictions = [st.build_example(task, item)["messages"][-1]["content"] for item in items]
+    assert predictions == [st.answer_text(task, item) for item in items]
+    fixed = scoring.score_file(task, predictions, items)
+    assert fixed["score"] == pytest.approx(100.0), f"{split}/{task}: {fixed['score']}"
+    if (split, task) in BUG_COMPATIBLE_GOLD:
+        official = scoring.score_file(task, predictions, items, bug_compatible=True)
+        assert official["score"] == pytest.approx(BUG_COMPATIBLE_GOLD[split, task], abs=1e-3)
+
+
+def test_wrong_answers_do_not_round_trip(sns_items):
+    """The round trip can fail: shifting golds by one item must lose points on every file."""
+    scoring = pytest.importorskip("redone.eval.scoring")
+    for path, items in sns_items.items():
+        if path.parent.name != "test" or path.stem == "Note-QueryGen":
+            continue  # QueryGen ANLS never reaches 0 for unrelated queries, but also drops below 100
+        task = st.task_for_file(path)
+        shifted = [st.answer_text(task, item) for item in items[1:] + items[:1]]
+        assert scoring.score_file(task, shifted, items)["score"] < 100.0, task
+
+
+# ---------------------------------------------------------------- general chat records
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _alternates(messages: list[dict]) -> bool:
+    roles = [m["role"] for m in messages]
+    return roles[0] == "user" and roles[-1] == "assistant" and all(a != b for a, b in zip(roles, roles[1:]))
+
+
+def test_hh_rlhf_real_record_parses_into_alternating_turns():
+    records = _jsonl(HH_TRAIN)
+    messages = st.messages_from_record(records[0], HH_TRAIN, 0)
+    assert _alternates(messages) and len(messages) >= 2
+    assert records[0]["chosen"].rstrip().endswith(messages[-1]["content"])
+    assert not any(m["content"].startswith(("Human:", "Assistant:")) for m in messages)
+    # Record 408 has two Assistant turns in a row upstream: merged so turns still alternate.
+    merged = st.parse_hh_dialogue(records[408]["chosen"], f"{HH_TRAIN}:408")
+    assert _alternates(merged)
+    assert records[408]["chosen"].count("\n\nAssistant:") > sum(m["role"] == "assistant" for m in merged)
+    # Both sides of every pair parse (empty replies are kept for DPO, refused for SFT).
+    for i, r in enumerate(records):
+        assert _alternates(st.parse_hh_dialogue(r["chosen"], f"{HH_TRAIN}:{i}"))
+        assert _alternates(st.parse_hh_dialogue(r["rejected"], f"{HH_TRAIN}:{i}"))
+
+
+def test_hh_rlhf_malformed_names_file_and_index():
+    with pytest.raises(DataError, match=r"^prefs.jsonl:7: field 'chosen': .*Human"):
+        st.messages_from_record({"chosen": "Assistant: hi"}, "prefs.jsonl", 7)
+    with pytest.raises(DataError, match=r"prefs.jsonl:3: .*must end with an Assistant turn"):
+        st.messages_from_record({"chosen": "\n\nHuman: hi\n\nAssistant: yo\n\nHuman: ?"}, "prefs.jsonl", 3)
+    with pytest.raises(DataError, match=r"prefs.jsonl:51: empty assistant turn"):
+        st.messages_from_record({"chosen": "\n\nHuman: hi\n\nAssistant: "}, "prefs.jsonl", 51)
+
+
+def test_instruction_records():
+    seed = _jsonl(SEED_TASKS)
+    for i, record in enumerate(seed):
+        messages = st.messages_from_record(record, SEED_TASKS, i)
+        assert [m["role"] for m in messages] == ["user", "assistant"]
+        assert messages[0]["content"].startswith(record["instruction"].strip())
+        assert messages[1]["content"] == record["instances"][0]["output"].strip()
+    alpaca = {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"}
+    assert st.messages_from_record(alpaca, "a.jsonl", 0) == [
+        {"role": "user", "content": "Add the numbers.\n\n2 and 3"},
+        {"role": "assistant", "content": "5"},
+    ]
+    chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    assert st.messages_from_record(chat, "c.jsonl", 0) == chat["messages"]
+    with pytest.raises(DataError, match=r"c.jsonl:2: messages\[0\] has role 'usr'.*did you mean 'user'"):
+        st.messages_from_record({"messages": [{"role": "usr", "content": "x"}]}, "c.jsonl", 2)
+    with pytest.raises(DataError, match=r"c.jsonl:4: unrecognised chat record with keys \['prompt'\]"):
+        st.messages_from_record({"prompt": "x"}, "c.jsonl", 4)
+
+
+# ---------------------------------------------------------------- prompt size report
+
+
+def _tokenizer():
+    """SmolLM2's tokenizer from a local folder named by $REDONE_TOKENIZER, if any (never the hub)."""
+    folder = os.environ.get("REDONE_TOKENIZER")
+    if not folder or not (Path(folder) / "tokenizer_config.json").exists():
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+
+def test_report_prompt_sizes(sns_items, transbench_items, capsys):
+    """Prints average prompt size per task and style (tokens when a local tokenizer is available)."""
+    tok = _tokenizer()
+    samples = {st.task_for_file(p): items for p, items in sns_items.items() if p.parent.name == "test"}
+    for item in transbench_items:
+        samples.setdefault(st.transbench_task(item), []).append(item)
+    rows = []
+    for task, items in sorted(samples.items()):
+        sizes = {}
+        for style in st.STYLES:
+            prompts = [st.prompt_messages(task, item, style) for item in items]
+            chars = sum(len(m["content"]) for p in prompts for m in p) / len(prompts)
+            sizes[style] = f"{chars:8.0f} ch"
+            if tok is not None:
+                texts = [
+                    tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts
+                ]
+                n = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
+                sizes[style] += f" {n / len(prompts):7.0f} tok"
+        rows.append(f"{task:24s} redone {sizes['redone']}   official {sizes['official']}")
+        assert "redone" in sizes
+    with capsys.disabled():
+        print("\naverage prompt size per item (test split)" + ("" if tok else "; no local tokenizer"))
+        print("\n".join(rows))
