@@ -15,7 +15,7 @@ import sys
 
 from redone.errors import RedoneError
 
-STAGE_MODULES = {"cpt": ("redone.train.cpt", "CPTStage")}
+STAGE_MODULES = {"cpt": ("redone.train.cpt", "CPTStage"), "sft": ("redone.train.sft", "SFTStage")}
 
 
 def _offline_defaults() -> None:

@@ -49,6 +49,18 @@ class TokenStore:
         mask = self.loss_mask[start:end] if self.loss_mask is not None else np.ones(len(ids), dtype=bool)
         return ids, mask
 
+    def subset(self, indices) -> TokenStore:
+        """A new store with the given items, in the given order."""
+        ids, masks, parts = [], [], []
+        for i in indices:
+            item_ids, mask = self.item(int(i))
+            ids.append(item_ids.tolist())
+            masks.append(mask.tolist())
+            if self.part_offsets is not None:
+                parts.append(int(self.part_offsets[i]))
+        return TokenStore.from_lists(ids, masks if self.loss_mask is not None else None,
+                                     parts if self.part_offsets is not None else None)
+
     @classmethod
     def from_lists(cls, ids: list[list[int]], masks: list[list[bool]] | None = None,
                    parts: list[int] | None = None) -> TokenStore:
@@ -146,6 +158,33 @@ class DocumentPacker:
         self.carry = state["carry"]
 
 
+def add_item(row: _RowBuilder, store: TokenStore, source: int, item: int) -> None:
+    """Place an item; a two-part item (dpo pair) becomes two segments with their own positions."""
+    ids, mask = store.item(item)
+    if store.part_offsets is None:
+        row.add(ids, mask, source, item)
+        return
+    cut = int(store.part_offsets[item])
+    row.add(ids[:cut], mask[:cut], source, item, part=0)
+    row.add(ids[cut:], mask[cut:], source, item, part=1)
+
+
+def pack_in_order(store: TokenStore, source: int, seq_len: int, pad_id: int, packing: bool = True) -> list[Row]:
+    """Every non-empty item of one store exactly once, in order (held-out evaluation)."""
+    rows, row = [], _RowBuilder(seq_len, restart_positions=True)
+    for item in range(len(store)):
+        length = int(store.offsets[item + 1] - store.offsets[item])
+        if length == 0:
+            continue
+        if row.segments and (length > row.room() or not packing):
+            rows.append(row.finish(pad_id, fill=packing))
+            row = _RowBuilder(seq_len, restart_positions=True)
+        add_item(row, store, source, item)
+    if row.segments:
+        rows.append(row.finish(pad_id, fill=packing))
+    return rows
+
+
 class ItemPacker:
     """SFT/DPO: whole items (an example, or a pair's two sequences) into rows of at most seq_len.
 
@@ -158,16 +197,6 @@ class ItemPacker:
         self.pad_id, self.packing = pad_id, packing
         self.carry: list[int] | None = None  # [source, item] drawn but not yet placed
 
-    def _add_item(self, row: _RowBuilder, source: int, item: int) -> None:
-        store = self.stores[source]
-        ids, mask = store.item(item)
-        if store.part_offsets is None:
-            row.add(ids, mask, source, item)
-            return
-        cut = int(store.part_offsets[item])
-        row.add(ids[:cut], mask[:cut], source, item, part=0)
-        row.add(ids[cut:], mask[cut:], source, item, part=1)
-
     def next_row(self) -> Row:
         row = _RowBuilder(self.seq_len, restart_positions=True)
         while True:
@@ -177,7 +206,7 @@ class ItemPacker:
             length = int(self.stores[source].lengths()[item])
             if row.segments and (length > row.room() or not self.packing):
                 break
-            self._add_item(row, source, item)  # items never exceed seq_len (checked at tokenisation)
+            add_item(row, self.stores[source], source, item)  # items fit seq_len (checked at tokenisation)
             self.carry = None
         return row.finish(self.pad_id, fill=self.packing)
 

@@ -119,3 +119,17 @@ def token_ce_loss(model, batch: dict, source_names: list[str]) -> LossOutput:
 def real_tokens(batch: dict) -> int:
     """Tokens that belong to a segment (row tails and padding excluded)."""
     return sum(segment[2] for segment in batch["segments"])
+
+
+@torch.no_grad()
+def held_out_losses(stage: Stage, model) -> dict[str, float]:
+    """Mean loss per tag on the stage's held-out batches (``eval_loss/<tag>``)."""
+    results = {}
+    for name, batches in stage.eval_batches().items():
+        total, units = 0.0, 0
+        for batch in batches:
+            out = stage.loss(model, batch)
+            total += float(out.loss_sum)
+            units += out.units
+        results[f"eval_loss/{name}"] = total / max(units, 1)
+    return results

@@ -34,6 +34,7 @@ from redone.config.schema import RunConfig
 from redone.errors import RedoneError
 from redone.model import fingerprint_state_dict, load_model, load_tokenizer, resolve_model
 from redone.train import checkpoint as ckpt
+from redone.train.base import held_out_losses
 from redone.train.optim import build_optimizer, build_scheduler
 
 # Keys whose change alters which data a step sees: resuming across such a change is refused.
@@ -232,6 +233,8 @@ def train_steps(config, accelerator, stage, model, optimizer, scheduler, state) 
         if state["step"] % train.log_every == 0 or state["step"] == train.max_steps:
             log_metrics(config, accelerator, stage, window, state, scheduler, grad_norm, progress)
             window = Meter()
+        if train.eval_every and state["step"] % train.eval_every == 0:
+            log_eval(config, accelerator, stage, model, state)
         if state["step"] % train.save_every == 0 or state["step"] in (train.max_steps, last):
             save_checkpoint(config, accelerator, stage, state)
         progress.update(1)
@@ -298,6 +301,18 @@ def log_metrics(config, accelerator, stage, window, state, scheduler, grad_norm,
         if not config.train.progress:
             print(json.dumps(metrics), flush=True)
     accelerator.log({k: v for k, v in metrics.items() if v is not None and k != "step"}, step=state["step"])
+
+
+def log_eval(config, accelerator, stage, model, state) -> None:
+    model.eval()
+    metrics = held_out_losses(stage, model)
+    model.train()
+    if metrics and accelerator.is_main_process:
+        with open(Path(config.output_dir) / "train_log.jsonl", "a") as handle:
+            handle.write(json.dumps({"step": state["step"], **metrics}) + "\n")
+        if not config.train.progress:
+            print(json.dumps({"step": state["step"], **metrics}), flush=True)
+    accelerator.log(metrics, step=state["step"])
 
 
 def make_progress(accelerator, train, start: int):
