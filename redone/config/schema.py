@@ -63,9 +63,64 @@ class DataSection:
 
 
 @dataclass
+class QualityFilters:
+    """``data.quality.filters``: mirrors ``redone.data.quality.FilterConfig`` (definitions there)."""
+
+    min_chars: int = 20  # CJK characters count twice
+    max_chars: int = 100_000
+    max_symbol_ratio: float = 0.3  # symbols / non-space chars (emoji are text, not symbols)
+    max_repeated_line_ratio: float = 0.3
+    max_ngram_repetition: float = 0.2  # share of token chars covered by the most repeated n-gram
+    ngram_repetition_n: int = 3
+    script: str = "any"  # any | latin | cjk | mixed
+    min_script_share: float = 0.0
+    drop_url_only: bool = True
+    drop_hashtag_only: bool = True
+    # Filters that run, by name (null = every one switched on; [] = none): too_short, too_long, url_only,
+    # hashtag_only, symbol_ratio, repeated_lines, ngram_repetition, script.
+    enabled: Optional[list[str]] = None
+
+
+@dataclass
+class QualityDedup:
+    """``data.quality.dedup``: mirrors ``redone.data.quality.DedupConfig``; global across sources."""
+
+    exact: bool = True  # normalised-text hash
+    near: bool = True  # MinHash-LSH
+    threshold: float = 0.8  # estimated Jaccard of shingle sets
+    num_perm: int = 128
+    shingle: str = "word3"  # wordN | charN
+    seed: int = 0
+
+
+@dataclass
+class QualityDecontam:
+    """``data.quality.decontam``: mirrors ``redone.data.quality.DecontamConfig``."""
+
+    ngram: int = 13
+    min_overlap: int = 1
+    min_item_tokens: int = 8
+    boilerplate_min_items: int = 2
+    # SNS-Bench test folders, TransBench .json files, .jsonl files with a "text" field; relative paths
+    # are relative to the working dir. [] turns decontamination off.
+    eval_sets: list[str] = field(default_factory=lambda: ["data/sns_bench/test", "data/sns_transbench/test.json"])
+
+
+@dataclass
+class QualitySection:
+    """``data.quality``: CPT curation (filters -> dedup -> decontamination), see redone/data/prepare.py."""
+
+    enabled: bool = True
+    filters: QualityFilters = field(default_factory=QualityFilters)
+    dedup: QualityDedup = field(default_factory=QualityDedup)
+    decontam: QualityDecontam = field(default_factory=QualityDecontam)
+
+
+@dataclass
 class CPTData(DataSection):
     cross_document_attention: bool = False  # False: position_ids restart per document (masked)
     append_eos: bool = True
+    quality: QualitySection = field(default_factory=QualitySection)
 
 
 @dataclass
@@ -74,13 +129,21 @@ class SFTData(DataSection):
     overlong: str = "truncate_prompt"  # truncate_prompt | drop | error
     prompt_style: str = "redone"  # redone | official (SNS task prompts)
     eval_holdout: int = 0  # examples per task held out for the per-task eval loss
-    max_prompt_chars: Optional[int] = None  # cut long note contents before tokenising
+    # Clip long note fields (head 2/3 + tail 1/3) before templating; eval uses the same limit.
+    max_prompt_chars: Optional[int] = None
 
 
 @dataclass
 class DPOData(SFTData):
     build_from_tasks: bool = True  # SNS task sources become (gold, plausible wrong) pairs
     pairs_per_item: int = 1
+    # A bad pair (missing field, identical chosen/rejected, empty completion): drop (counted) | error.
+    # Over-long pairs follow data.overlong (seq_len bounds each sequence: prompt + chosen, prompt + rejected).
+    bad_pairs: str = "drop"
+    # Also sample rejected answers from the starting model for SNS task items, kept where the benchmark
+    # metric scores them below the gold answer (0 = off; N = samples tried per item).
+    sample_rejected: int = 0
+    sample_max_new_tokens: int = 32
 
 
 @dataclass

@@ -102,10 +102,36 @@ def check_dpo(config: RunConfig) -> None:
         raise ConfigError(f"dpo.label_smoothing: must be in [0, 0.5) (got {dpo.label_smoothing})")
     if dpo.label_smoothing and dpo.loss_type == "ipo":
         raise ConfigError("dpo.label_smoothing: only applies to loss_type sigmoid")
+    if dpo.nll_weight < 0:
+        raise ConfigError(f"dpo.nll_weight: must be >= 0 (got {dpo.nll_weight})")
+
+
+def check_dpo_data(config: RunConfig) -> None:
+    if config.stage != "dpo":
+        return
+    data = config.data
+    _one_of("data.bad_pairs", data.bad_pairs, ("drop", "error"))
+    if data.pairs_per_item < 1:
+        raise ConfigError(f"data.pairs_per_item: must be >= 1 (got {data.pairs_per_item})")
+    if data.sample_rejected < 0 or data.sample_max_new_tokens < 1:
+        raise ConfigError("data.sample_rejected: must be >= 0 and data.sample_max_new_tokens >= 1 "
+                          f"(got {data.sample_rejected}, {data.sample_max_new_tokens})")
+    if data.loss_on != "assistant":
+        raise ConfigError("data.loss_on: dpo scores the completion only; 'all' does not apply")
+
+
+def check_quality(config: RunConfig) -> None:
+    """data.quality values (cpt), checked by the curation configs themselves; eval set files are
+    checked when the data is prepared (``config show`` works from any dir)."""
+    if config.stage != "cpt":
+        return
+    from redone.data.prepare import quality_configs
+
+    quality_configs(config.data.quality, check_files=False)
 
 
 CHECKS = (check_sources, check_mixing, check_lengths, check_sft_data, check_optim, check_train,
-          check_model, check_tracking, check_dpo)
+          check_model, check_tracking, check_dpo, check_dpo_data, check_quality)
 
 
 def validate(config: RunConfig) -> None:

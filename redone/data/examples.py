@@ -41,15 +41,17 @@ def sns_bench_files(folder: Path, tasks: list[str]) -> list[Path]:
     return files
 
 
-def task_components(source: SourceSection, index: int, style: str) -> list[Component]:
+def task_components(source: SourceSection, index: int, style: str,
+                    max_prompt_chars: int | None = None) -> list[Component]:
     fmt = detect_format(source)
     path = Path(source.path)
     if fmt == "sns_bench":
         components = []
         for file in sns_bench_files(path, list(source.tasks)):
             items = sns_tasks.load_items(file)[: source.limit or None]
-            examples = [{"messages": sns_tasks.build_example(file.stem, item, style, where=f"{file}:{i}")["messages"],
-                         "item": item} for i, item in enumerate(items)]
+            examples = [{"messages": sns_tasks.build_example(
+                file.stem, sns_tasks.clip_item(file.stem, item, max_prompt_chars), style,
+                where=f"{file}:{i}")["messages"], "item": item} for i, item in enumerate(items)]
             components.append(Component(file.stem, index, examples))
         return components
     if fmt == "transbench":
@@ -81,10 +83,10 @@ def chat_component(source: SourceSection, index: int, fmt: str) -> Component:
     return component
 
 
-def all_components(sources: list[SourceSection], style: str) -> list[Component]:
+def all_components(sources: list[SourceSection], style: str, max_prompt_chars: int | None = None) -> list[Component]:
     components = []
     for index, source in enumerate(sources):
-        components.extend(task_components(source, index, style))
+        components.extend(task_components(source, index, style, max_prompt_chars))
     names = [c.name for c in components]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

@@ -147,6 +147,31 @@ def prompt_messages(task: str | Task, item: dict, style: str = "redone", *, wher
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
+# Long free-text fields that may be clipped to bound prompt length (never candidates, questions or
+# translation sources, and never CHLW, whose content embeds the option list the answer is drawn from).
+CLIPPABLE_FIELDS = ("content", "sentence2")
+CLIP_MARK = " [...] "
+
+
+def clip_item(task: str | Task, item: dict, max_chars: int | None) -> dict:
+    """A copy of ``item`` whose long note fields keep their first 2/3 and last 1/3 of ``max_chars``.
+
+    The head holds the title and opening, the tail the hashtags and closing: both carry the signal the
+    SNS tasks need. Training (``data.max_prompt_chars``) and evaluation (``max_prompt_chars``) call this
+    with the same limit, so a model is evaluated on prompts shaped like the ones it was trained on.
+    """
+    t = _resolve(task, item, "")
+    if not max_chars or t.family in ("CHLW", "Translation") or t.source != "builtin":
+        return item
+    clipped = dict(item)
+    for name in CLIPPABLE_FIELDS:
+        value = item.get(name)
+        if isinstance(value, str) and len(value) > max_chars:
+            head = (max_chars * 2) // 3
+            clipped[name] = value[:head] + CLIP_MARK + value[len(value) - (max_chars - head):]
+    return clipped
+
+
 def answer_text(task: str | Task, item: dict, *, where: str = "") -> str:
     """The gold answer exactly as the scorer wants a prediction to look (outer whitespace removed)."""
     t = _resolve(task, item, where)

@@ -80,14 +80,26 @@ def model_inputs(batch: dict) -> dict:
 def token_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-prob of each label under the model, and the mask of scored tokens.
 
-    Returns tensors of shape [B, L-1] aligned with ``labels[:, 1:]`` (position t predicts t+1).
+    Returns tensors of shape [B, L-1] aligned with ``labels[:, 1:]`` (position t predicts t+1). Only the
+    scored positions go through the LM head (``logits_to_keep`` as a boolean mask): in SFT and DPO most
+    tokens are prompt, and the vocab projection plus its softmax is the largest single cost per token.
     """
-    logits = model(**model_inputs(batch), use_cache=False).logits[:, :-1]
-    labels = batch["labels"][:, 1:].to(logits.device)
+    labels = batch["labels"][:, 1:]
     mask = labels != IGNORE
-    safe = labels.masked_fill(~mask, 0)
-    logp = -F.cross_entropy(logits.float().transpose(1, 2), safe, reduction="none")
-    return logp * mask, mask
+    keep = torch.zeros_like(batch["labels"], dtype=torch.bool)
+    keep[:, :-1] = mask
+    logits = model(**model_inputs(batch), use_cache=False, logits_to_keep=keep.to(model_device(model))).logits
+    if logits.dim() == 3:  # a model that ignores logits_to_keep masks returns every position
+        logits = logits[:, :-1][mask.to(logits.device)]
+    targets = labels[mask].to(logits.device)
+    selected = -F.cross_entropy(logits.float(), targets, reduction="none")
+    logp = torch.zeros(mask.shape, dtype=selected.dtype, device=selected.device)
+    logp[mask.to(selected.device)] = selected
+    return logp, mask.to(selected.device)
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
 
 
 def token_tag_ids(batch: dict, shape: tuple[int, int], device) -> torch.Tensor:

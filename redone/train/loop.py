@@ -29,8 +29,10 @@ from pathlib import Path
 import torch
 
 from redone import __version__
+from redone.card import write_model_card
 from redone.config.load import config_hash, config_to_dict, config_to_yaml
 from redone.config.schema import RunConfig
+from redone.distributed import configure_deepspeed
 from redone.errors import RedoneError
 from redone.model import fingerprint_state_dict, load_model, load_tokenizer, resolve_model
 from redone.train import checkpoint as ckpt
@@ -54,6 +56,7 @@ def run_training(config: RunConfig, stage_cls) -> Path | None:
     stage = stage_cls(config, tokenizer)
     model = build_model(config, accelerator)
     stage.layout = batch_layout(config, model)
+    start_fingerprint = weights_fingerprint(model, accelerator)
     stage.prepare_model(model)  # dpo: reference log-probs, computed by the starting policy itself
     optimizer = build_optimizer(model, config.optim)
     scheduler = build_scheduler(optimizer, config.optim, config.train.max_steps)
@@ -61,6 +64,7 @@ def run_training(config: RunConfig, stage_cls) -> Path | None:
 
     state = new_loop_state(config, accelerator)
     state["tag_names"] = stage.tag_names()
+    state["start_fingerprint"] = start_fingerprint
     if resume_from is not None:
         state = restore(accelerator, stage, resume_from, config)
     if accelerator.is_main_process:
@@ -76,6 +80,19 @@ def run_training(config: RunConfig, stage_cls) -> Path | None:
     final = save_final(config, accelerator, model, tokenizer, stage, state)
     accelerator.end_training()
     return final
+
+
+def weights_fingerprint(model, accelerator) -> str | None:
+    """Fingerprint of the starting weights (lineage: proves which model a stage started from).
+
+    Skipped under ZeRO-3, where no process holds whole parameters before training.
+    """
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and \
+            accelerator.state.deepspeed_plugin.zero_stage == 3:
+        return None
+    return fingerprint_state_dict(model.state_dict())
 
 
 def check_output_dir(config: RunConfig, output_dir: Path) -> Path | None:
@@ -102,6 +119,9 @@ def make_accelerator(config: RunConfig):
         mixed_precision="bf16" if precision == "bf16" else "no",
         log_with=list(config.tracking.report_to) or None,
         project_config=ProjectConfiguration(project_dir=config.output_dir, logging_dir=config.output_dir),
+        # accelerate would otherwise step the scheduler once per *process* per optimizer step (it assumes
+        # a per-process dataloader): train_steps steps it exactly once per optimizer step instead.
+        step_scheduler_with_optimizer=False,
     )
 
 
@@ -112,6 +132,8 @@ def resolve_precision(requested: str) -> str:
 
 
 def build_model(config: RunConfig, accelerator):
+    # DeepSpeed: fill the config's "auto" values; ZeRO-3: arm zero.Init so each rank loads only its shard.
+    configure_deepspeed(accelerator, config)
     model = load_model(config.model.name_or_path, attn_implementation=config.model.attn_implementation,
                        trust_remote_code=config.model.trust_remote_code)
     if config.model.gradient_checkpointing:
@@ -224,7 +246,8 @@ def train_steps(config, accelerator, stage, model, optimizer, scheduler, state) 
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)
                 optimizer.step()
-                scheduler.step()
+                if accelerator.sync_gradients:  # once per optimizer step, whatever the process count
+                    scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             step_meter.add(out)
         state["step"] = step + 1
@@ -356,6 +379,7 @@ def save_final(config, accelerator, model, tokenizer, stage, state) -> Path:
         (tmp / "redone_config.yaml").write_text(config_to_yaml(config))
         lineage = build_lineage(config, stage, state, state_dict)
         (tmp / "redone.json").write_text(json.dumps(lineage, indent=1, default=str))
+        write_model_card(tmp)
         tmp.rename(final)
     accelerator.wait_for_everyone()
     return final
@@ -369,6 +393,8 @@ def build_lineage(config, stage, state, state_dict) -> dict:
         "parent_model": config.model.name_or_path,
         "parent_path": resolve_model(config.model.name_or_path),
         "fingerprint": fingerprint_state_dict(state_dict),
+        "start_fingerprint": state.get("start_fingerprint"),
+        "config_hash": config_hash(config),
         "data_sources": stage.source_info,
         "tokens_seen": state["tokens"],
         "source_tokens": state["source_tokens"],

@@ -71,7 +71,7 @@ class SFTStage(Stage):
     def __init__(self, config: SFTConfig, tokenizer):
         super().__init__(config, tokenizer)
         data = config.data
-        components = all_components(list(data.sources), data.prompt_style)
+        components = all_components(list(data.sources), data.prompt_style, data.max_prompt_chars)
         train_stores, self.eval_stores = [], {}
         for component in components:
             store, manifest, hit = self._tokenized(component)
@@ -97,7 +97,7 @@ class SFTStage(Stage):
         source = data.sources[component.source]
         parts = {"kind": "sft-examples", "component": component.name, "digest": source_digest(source),
                  "format": source.format, "limit": source.limit, "style": data.prompt_style,
-                 "seq_len": data.seq_len, "loss_on": data.loss_on, "overlong": data.overlong,
+                 "seq_len": data.seq_len, "max_prompt_chars": data.max_prompt_chars, "loss_on": data.loss_on, "overlong": data.overlong,
                  "examples": len(component.examples), "tokenizer": tokenizer_digest(self.tokenizer)}
         return cached_store(data.cache_dir, parts, lambda: tokenize_component(component, self.tokenizer, data))
 

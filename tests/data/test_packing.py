@@ -101,3 +101,23 @@ def test_item_packer_packed_equals_padded(model):
     total_packed = sum(packed[i][0] for i in range(7)) / sum(packed[i][1] for i in range(7))
     total_padded = sum(padded[i][0] for i in range(7)) / sum(padded[i][1] for i in range(7))
     assert total_packed == pytest.approx(total_padded, abs=1e-5)
+
+
+def test_item_packer_state_round_trip_and_fill():
+    rng = np.random.default_rng(3)
+    store = TokenStore.from_lists([list(range(int(n))) for n in rng.integers(20, 120, size=200)])
+
+    def packer():
+        return ItemPacker([store], MixtureSampler([store.lengths()], [1.0], seed=4), seq_len=256, pad_id=0)
+
+    a = packer()
+    for _ in range(17):
+        a.next_row()
+    b = packer()
+    b.load_state_dict(a.state_dict())
+    for _ in range(20):
+        ra, rb = a.next_row(), b.next_row()
+        assert (ra.input_ids == rb.input_ids).all() and (ra.position_ids == rb.position_ids).all()
+    rows = [packer().next_row() for _ in range(1)] + [a.next_row() for _ in range(30)]
+    fill = np.mean([sum(s.length for s in r.segments) / 256 for r in rows])
+    assert fill > 0.9  # first-fit over the lookahead buffer keeps rows nearly full

@@ -14,7 +14,7 @@ from tests.conftest import cpt_overrides
 
 STEP_FILES = {"COMPLETE", "config.yaml", "loop_state.json", "model.safetensors", "optimizer.bin",
               "random_states_0.pkl", "scheduler.bin"}
-FINAL_FILES = {"chat_template.jinja", "config.json", "generation_config.json", "model.safetensors",
+FINAL_FILES = {"README.md", "chat_template.jinja", "config.json", "generation_config.json", "model.safetensors",
                "redone.json", "redone_config.yaml", "tokenizer.json", "tokenizer_config.json"}
 
 
