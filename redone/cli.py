@@ -2,7 +2,10 @@
 
     redone train --stage cpt|sft|dpo --config FILE [key=value ...]
     redone config show --stage cpt --config FILE [key=value ...]
+    redone data prepare --stage cpt|sft|dpo --config FILE [--report FILE] [key=value ...]
     redone model prepare [--name smollm2-135m-instruct] | redone model tiny --out DIR
+    redone model merge-lora --adapter DIR --out DIR [--base MODEL]
+    redone eval --model DIR_OR_ID [--bench ...] [--limit N] [--out FILE] | redone eval compare A.json B.json
 
 User errors (RedoneError) print one line to stderr and exit 1; usage errors exit 2.
 """
@@ -15,7 +18,8 @@ import sys
 
 from redone.errors import RedoneError
 
-STAGE_MODULES = {"cpt": ("redone.train.cpt", "CPTStage"), "sft": ("redone.train.sft", "SFTStage")}
+STAGE_MODULES = {"cpt": ("redone.train.cpt", "CPTStage"), "sft": ("redone.train.sft", "SFTStage"),
+                 "dpo": ("redone.train.dpo", "DPOStage")}
 
 
 def _offline_defaults() -> None:
@@ -59,6 +63,16 @@ def cmd_config_show(args) -> int:
     return 0
 
 
+def cmd_pipeline(args) -> int:
+    from redone.pipeline import dry_run, run_pipeline
+
+    if args.dry_run:
+        dry_run(args.config, args.overrides)
+        return 0
+    run_pipeline(args.config, args.overrides, start=args.start, only=args.only)
+    return 0
+
+
 def cmd_model(args) -> int:
     from redone.model import make_tiny_model, resolve_model
 
@@ -67,6 +81,38 @@ def cmd_model(args) -> int:
     elif args.model_cmd == "tiny":
         print(make_tiny_model(args.out, layers=args.layers, hidden=args.hidden))
     return 0
+
+
+def cmd_merge_lora(args) -> int:
+    from redone.model import merge_lora_adapter
+
+    merge_lora_adapter(args.adapter, args.out, base=args.base, trust_remote_code=args.trust_remote_code)
+    print(f"[redone] merged {args.adapter} into {args.out}")
+    return 0
+
+
+def cmd_data_prepare(args) -> int:
+    from redone.config import load_config
+    from redone.data.prepare import format_stage_report, prepare_stage, report_path, stage_class, write_report
+
+    try:
+        stage_class(args.stage)
+    except NotImplementedError:
+        print(f"redone: stage '{args.stage}' is not yet implemented", file=sys.stderr)
+        return 2
+    config = load_config(args.stage, args.config, args.overrides)
+    report = prepare_stage(args.stage, config)
+    path = report_path(config, args.report)
+    write_report(path, report)
+    print(format_stage_report(report))
+    print(f"[redone] report written to {path}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from redone.eval.cli_eval import run_eval_command
+
+    return run_eval_command(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +133,25 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("overrides", nargs="*")
     show.set_defaults(func=cmd_config_show)
 
+    pipeline = sub.add_parser("pipeline", help="run cpt -> sft -> dpo -> eval, chaining each stage's final/")
+    pipeline.add_argument("--config", required=True)
+    pipeline.add_argument("--from", dest="start", default=None, help="start at this stage (earlier ones must be done)")
+    pipeline.add_argument("--only", default=None, help="run just this stage (no eval)")
+    pipeline.add_argument("--dry-run", action="store_true", help="print every stage's resolved config and stop")
+    pipeline.add_argument("overrides", nargs="*", help="key=value overrides, e.g. sft.optim.lr=1e-4")
+    pipeline.set_defaults(func=cmd_pipeline)
+
+    data = sub.add_parser("data", help="data utilities")
+    data_sub = data.add_subparsers(dest="data_cmd", required=True)
+    data_prepare = data_sub.add_parser(
+        "prepare", help="run a stage's data path (curate, tokenize, cache) and report what it would train on")
+    data_prepare.add_argument("--stage", required=True, choices=["cpt", "sft", "dpo"])
+    data_prepare.add_argument("--config", required=True)
+    data_prepare.add_argument("--report", default=None,
+                              help="JSON report path (default: <output_dir>.data_report.json, beside output_dir)")
+    data_prepare.add_argument("overrides", nargs="*", help="key=value config overrides")
+    data_prepare.set_defaults(func=cmd_data_prepare)
+
     model = sub.add_parser("model", help="model utilities")
     model_sub = model.add_subparsers(dest="model_cmd", required=True)
     prepare = model_sub.add_parser("prepare", help="convert/cache a built-in model, print its dir")
@@ -97,6 +162,16 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--layers", type=int, default=2)
     tiny.add_argument("--hidden", type=int, default=64)
     tiny.set_defaults(func=cmd_model)
+    merge = model_sub.add_parser("merge-lora", help="merge a LoRA adapter (output_dir/adapter) into its base")
+    merge.add_argument("--adapter", required=True, help="peft adapter dir")
+    merge.add_argument("--out", required=True, help="new dir for the merged model (must not exist or be empty)")
+    merge.add_argument("--base", default=None, help="base model (default: the adapter's base_model_name_or_path)")
+    merge.add_argument("--trust-remote-code", action="store_true")
+    merge.set_defaults(func=cmd_merge_lora)
+
+    from redone.eval.cli_eval import add_eval_parser
+
+    add_eval_parser(sub, cmd_eval)  # `redone eval ...` and `redone eval compare|table ...`
     return parser
 
 

@@ -143,6 +143,17 @@ def config_hash(config: RunConfig | dict, keys: tuple[str, ...] | None = None) -
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+# Settings that change how a run is driven, never what it computes: ignored when deciding whether a
+# finished stage is up to date or a checkpoint belongs to the same run.
+RUN_CONTROL_KEYS = ("resume", "force_resume", "stop_after_steps", "progress")
+
+
+def result_hash(config: RunConfig) -> str:
+    data = config_to_dict(config)
+    data["train"] = {k: v for k, v in data["train"].items() if k not in RUN_CONTROL_KEYS}
+    return config_hash(data)
+
+
 def to_plain(node: Any) -> Any:
     if isinstance(node, (DictConfig, ListConfig)):
         return OmegaConf.to_container(node, resolve=True)

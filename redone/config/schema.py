@@ -33,6 +33,11 @@ class ModelSection:
     attn_implementation: str = "auto"  # auto | sdpa | eager | flash_attention_2
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
+    # Liger Triton kernels (RMSNorm, RoPE, SwiGLU) on CUDA; needs `pip install liger-kernel`, raises otherwise.
+    liger_kernels: bool = False
+    # Partial fine-tuning: freeze the embeddings and the bottom N decoder layers. Backward then stops at
+    # the first trainable layer, which on a CPU buys ~1.5-2x more steps per minute.
+    freeze_bottom_layers: int = 0
     lora: LoraSection = field(default_factory=LoraSection)
 
 

@@ -80,6 +80,10 @@ def check_train(config: RunConfig) -> None:
 def check_model(config: RunConfig) -> None:
     _one_of("model.attn_implementation", config.model.attn_implementation,
             ("auto", "sdpa", "eager", "flash_attention_2"))
+    if config.model.freeze_bottom_layers < 0:
+        raise ConfigError(f"model.freeze_bottom_layers: must be >= 0 (got {config.model.freeze_bottom_layers})")
+    if config.model.freeze_bottom_layers and config.model.lora.enabled:
+        raise ConfigError("model.freeze_bottom_layers: not combinable with model.lora (LoRA already freezes the base)")
     lora = config.model.lora
     if lora.enabled and (lora.r < 1 or lora.alpha <= 0):
         raise ConfigError(f"model.lora.r: r must be >= 1 and alpha > 0 (got r={lora.r}, alpha={lora.alpha})")
