@@ -137,15 +137,20 @@ def load_model(name: str, *, attn_implementation: str = "auto", dtype: torch.dty
 
 
 def fingerprint_state_dict(state_dict: dict[str, torch.Tensor]) -> str:
-    """A 16-hex hash of all weights (names, shapes, bytes); equal weights give equal fingerprints."""
-    digest = hashlib.sha256()
-    for key in sorted(state_dict):
-        tensor = state_dict[key].detach().to("cpu").contiguous()
-        digest.update(key.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(str(tensor.dtype).encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()[:16]
+    """A 16-hex hash of the weights; equal weights give equal fingerprints.
+
+    Built from the set of per-tensor digests (shape, dtype, bytes), without names: a tied LM head is
+    the same tensor as the input embedding, present in a loaded model's state_dict but absent from its
+    saved file, and both views must fingerprint the same.
+    """
+    digests = set()
+    for tensor in state_dict.values():
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest = hashlib.sha256(f"{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+        if tensor.numel():
+            digest.update(tensor.view(torch.uint8).numpy().tobytes())
+        digests.add(digest.hexdigest())
+    return hashlib.sha256("".join(sorted(digests)).encode()).hexdigest()[:16]
 
 
 def fingerprint_model_dir(path: str | Path) -> str:
@@ -184,3 +189,56 @@ def make_tiny_model(out_dir: str | Path, *, layers: int = 2, hidden: int = 64, h
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out
+
+
+def merge_lora_adapter(adapter_dir: str | Path, out_dir: str | Path | None = None, *, base: str | None = None,
+                       dtype="auto", trust_remote_code: bool = False):
+    """Base model + peft LoRA adapter -> one plain model with the adapter merged into its weights.
+
+    ``base`` defaults to the adapter's ``base_model_name_or_path``. With ``out_dir`` the merged model is
+    written there (safetensors) with the base's tokenizer, atomically. Returns the merged model.
+    """
+    import json
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapter = Path(adapter_dir)
+    if not (adapter / "adapter_config.json").exists():
+        raise RedoneError(f"merge-lora: {adapter} has no adapter_config.json (not a peft adapter dir)")
+    base = base or json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise RedoneError(f"merge-lora: {adapter}/adapter_config.json names no base model; pass --base")
+    base_path = resolve_model(base)
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, trust_remote_code=trust_remote_code)
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    if out_dir is not None:
+        out = Path(out_dir)
+        if out.exists() and any(out.iterdir()):
+            raise RedoneError(f"merge-lora: {out} is not empty; refusing to overwrite it")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            merged.save_pretrained(tmp, safe_serialization=True)
+            load_tokenizer(base_path, trust_remote_code).save_pretrained(tmp)
+            if out.exists():
+                out.rmdir()
+            tmp.rename(out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return merged
+
+
+def apply_liger_kernels(model) -> None:
+    """Swap in Liger's Triton kernels (RMSNorm, RoPE, SwiGLU) in place; CUDA + ``liger-kernel`` only.
+
+    Liger's fused linear cross-entropy is not used: redone computes the loss itself from the logits of
+    the scored positions only (``logits_to_keep``), which already avoids most of the LM-head cost.
+    """
+    if not torch.cuda.is_available() or importlib.util.find_spec("liger_kernel") is None:
+        raise RedoneError("model.liger_kernels: needs CUDA and the liger-kernel package "
+                          "(pip install liger-kernel); set it to false")
+    from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+    _apply_liger_kernel_to_instance(model=model, cross_entropy=False, fused_linear_cross_entropy=False)

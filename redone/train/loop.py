@@ -30,13 +30,18 @@ import torch
 
 from redone import __version__
 from redone.card import write_model_card
-from redone.config.load import config_hash, config_to_dict, config_to_yaml
+from redone.config.load import config_hash, config_to_dict, config_to_yaml, result_hash
 from redone.config.schema import RunConfig
-from redone.distributed import configure_deepspeed
+from redone.distributed import configure_deepspeed, end_run
 from redone.errors import RedoneError
-from redone.model import fingerprint_state_dict, load_model, load_tokenizer, resolve_model
+from redone.model import (
+    apply_liger_kernels,
+    fingerprint_state_dict,
+    load_model,
+    load_tokenizer,
+    resolve_model,
+)
 from redone.train import checkpoint as ckpt
-from redone.train.base import held_out_losses
 from redone.train.optim import build_optimizer, build_scheduler
 
 # Keys whose change alters which data a step sees: resuming across such a change is refused.
@@ -70,15 +75,16 @@ def run_training(config: RunConfig, stage_cls) -> Path | None:
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(config_to_yaml(config))
+        (output_dir / "config_hash.txt").write_text(result_hash(config) + "\n")
         truncate_log(output_dir / "train_log.jsonl", state["step"])
     start_trackers(accelerator, config)
 
     finished = train_steps(config, accelerator, stage, model, optimizer, scheduler, state)
     if not finished:
-        accelerator.end_training()
+        end_run(accelerator)
         return None
     final = save_final(config, accelerator, model, tokenizer, stage, state)
-    accelerator.end_training()
+    end_run(accelerator)  # not end_training(): a pipeline's next stage reuses the process group
     return final
 
 
@@ -136,12 +142,28 @@ def build_model(config: RunConfig, accelerator):
     configure_deepspeed(accelerator, config)
     model = load_model(config.model.name_or_path, attn_implementation=config.model.attn_implementation,
                        trust_remote_code=config.model.trust_remote_code)
+    if config.model.liger_kernels:
+        apply_liger_kernels(model)
     if config.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+    if config.model.freeze_bottom_layers:
+        freeze_bottom(model, config.model.freeze_bottom_layers)
     if config.model.lora.enabled:
         model = apply_lora(model, config.model.lora)
     return model
+
+
+def freeze_bottom(model, layers: int) -> None:
+    """Freeze the input embeddings and the first ``layers`` decoder layers (tied LM head included)."""
+    decoder = model.get_decoder()
+    blocks = getattr(decoder, "layers", None)
+    if blocks is None or layers > len(blocks):
+        raise RedoneError(f"model.freeze_bottom_layers: {layers} exceeds the model's "
+                          f"{len(blocks) if blocks is not None else 0} decoder layers")
+    model.get_input_embeddings().requires_grad_(False)
+    for block in list(blocks)[:layers]:
+        block.requires_grad_(False)
 
 
 def apply_lora(model, lora):
@@ -153,6 +175,26 @@ def apply_lora(model, lora):
     if getattr(model, "is_gradient_checkpointing", False):
         model.enable_input_require_grads()
     return get_peft_model(model, peft_config)
+
+
+def save_adapter_and_merge(config: RunConfig, peft_model, state_dict: dict, adapter_dir: Path):
+    """LoRA at the end of a run (main process): write the adapter, return the merged model + state dict.
+
+    The adapter comes from the gathered ``state_dict``. Under ZeRO-3 the live modules hold only shards,
+    so the merge reloads the base whole (zero.Init off) and applies the saved adapter -- the same path
+    as ``redone model merge-lora``; otherwise peft merges in place.
+    """
+    from redone.distributed import is_partitioned, zero3_init_disabled
+    from redone.model import merge_lora_adapter
+
+    peft_model.save_pretrained(adapter_dir, state_dict=state_dict)
+    if is_partitioned(peft_model):
+        with zero3_init_disabled():
+            merged = merge_lora_adapter(adapter_dir, base=config.model.name_or_path, dtype=torch.float32,
+                                        trust_remote_code=config.model.trust_remote_code)
+    else:
+        merged = peft_model.merge_and_unload()
+    return merged, merged.state_dict()
 
 
 def batch_layout(config: RunConfig, model) -> str:
@@ -328,7 +370,7 @@ def log_metrics(config, accelerator, stage, window, state, scheduler, grad_norm,
 
 def log_eval(config, accelerator, stage, model, state) -> None:
     model.eval()
-    metrics = held_out_losses(stage, model)
+    metrics = stage.held_out_metrics(model)
     model.train()
     if metrics and accelerator.is_main_process:
         with open(Path(config.output_dir) / "train_log.jsonl", "a") as handle:
@@ -371,9 +413,7 @@ def save_final(config, accelerator, model, tokenizer, stage, state) -> Path:
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         if config.model.lora.enabled:
-            unwrapped.save_pretrained(output_dir / "adapter")
-            unwrapped = unwrapped.merge_and_unload()
-            state_dict = unwrapped.state_dict()
+            unwrapped, state_dict = save_adapter_and_merge(config, unwrapped, state_dict, output_dir / "adapter")
         unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "redone_config.yaml").write_text(config_to_yaml(config))
@@ -394,7 +434,7 @@ def build_lineage(config, stage, state, state_dict) -> dict:
         "parent_path": resolve_model(config.model.name_or_path),
         "fingerprint": fingerprint_state_dict(state_dict),
         "start_fingerprint": state.get("start_fingerprint"),
-        "config_hash": config_hash(config),
+        "config_hash": result_hash(config),
         "data_sources": stage.source_info,
         "tokens_seen": state["tokens"],
         "source_tokens": state["source_tokens"],
