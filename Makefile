@@ -32,7 +32,7 @@ lint: setup
 	$(BIN)/ruff check .
 
 demo: setup
-	$(BIN)/redone train --stage cpt --config configs/cpt/demo.yaml
+	$(BIN)/redone pipeline --config configs/pipeline/demo.yaml
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

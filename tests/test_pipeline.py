@@ -1,0 +1,130 @@
+"""The whole recipe on the tiny model: chaining, lineage, skipping, partial re-runs and resume."""
+
+import json
+
+import pytest
+
+from redone.pipeline import run_pipeline
+from tests.conftest import DATA
+
+PIPELINE = """
+output_root: {root}
+seed: 0
+model:
+  name_or_path: {model}
+cpt:
+  data:
+    seq_len: 64
+    cache_dir: {cache}
+    sources:
+      - {{name: sns_notes, path: {data}/sns_bench/train, format: sns_bench, tasks: [Note-Gender], weight: 3}}
+      - {{name: shakespeare, path: {data}/general/tinyshakespeare.txt, weight: 1, limit: 200}}
+  train: {{max_steps: 2, micro_batch_size: 2, save_every: 2, progress: false}}
+  optim: {{lr: 1.0e-3}}
+sft:
+  data:
+    seq_len: 256
+    max_prompt_chars: 300
+    cache_dir: {cache}
+    sources:
+      - {{name: sns, path: {data}/sns_bench/train, format: sns_bench, tasks: [Note-Gender, Note-NER], limit: 20}}
+  train: {{max_steps: 4, micro_batch_size: 2, save_every: 2, log_every: 1, progress: false}}
+  optim: {{lr: 1.0e-3}}
+dpo:
+  data:
+    seq_len: 256
+    max_prompt_chars: 300
+    cache_dir: {cache}
+    sources:
+      - {{name: sns, path: {data}/sns_bench/train, format: sns_bench, tasks: [Note-Gender], limit: 12}}
+  train: {{max_steps: 2, micro_batch_size: 2, save_every: 2, progress: false}}
+  optim: {{lr: 1.0e-4}}
+eval:
+  benches: [sns-bench]
+  models: [base, dpo]
+  limit: 1
+  max_new_tokens_cap: 4
+  batch_size: 4
+  data_dir: {data}
+"""
+
+
+@pytest.fixture()
+def pipeline_file(tiny_model_dir, tmp_path):
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(PIPELINE.format(root=tmp_path / "run", model=tiny_model_dir, cache=tmp_path / "cache",
+                                    data=DATA))
+    return path
+
+
+def lineage(root, stage):
+    return json.loads((root / stage / "final" / "redone.json").read_text())
+
+
+def statuses(record):
+    return {stage: info["status"] for stage, info in record["stages"].items()}
+
+
+def test_pipeline_chains_skips_and_reruns(pipeline_file, tmp_path):
+    root = tmp_path / "run"
+    lines = []
+    first = run_pipeline(pipeline_file, log=lines.append)
+    assert statuses(first) == {"cpt": "fresh", "sft": "fresh", "dpo": "fresh"}
+    # Each stage started from exactly the weights its parent saved.
+    assert lineage(root, "sft")["start_fingerprint"] == lineage(root, "cpt")["fingerprint"]
+    assert lineage(root, "dpo")["start_fingerprint"] == lineage(root, "sft")["fingerprint"]
+    assert lineage(root, "cpt")["start_fingerprint"] == first["base_fingerprint"]
+    assert any(line.startswith("[pipeline]   inherited model.name_or_path=") and "cpt/final" in line
+               for line in lines)
+    for key in ("stage", "parent_model", "fingerprint", "data_sources", "tokens_seen", "config", "redone_version"):
+        assert key in lineage(root, "dpo")
+    card = (root / "dpo" / "final" / "README.md").read_text()
+    assert "base_model:" in card and "SNS-Bench (Guo et al.)" in card and "CC BY-NC-SA 4.0" in card
+    assert "## Evaluation" in card
+    report = (root / "report.md").read_text()
+    assert "skill-free" in report and "SNS-Bench average" in report
+    assert {p.name for p in root.glob("*.png")} == {"loss_curves.png", "sft_task_losses.png", "sns_bench_bars.png"}
+
+    again = []
+    second = run_pipeline(pipeline_file, log=again.append)
+    assert statuses(second) == {"cpt": "skipped", "sft": "skipped", "dpo": "skipped"}
+    assert sum("eval" in line and "cached" in line for line in again) == 3  # skill-free, base, dpo
+
+    third = run_pipeline(pipeline_file, ["sft.optim.lr=5.0e-4"], log=lambda _: None)
+    assert statuses(third) == {"cpt": "skipped", "sft": "restart", "dpo": "restart"}
+    assert lineage(root, "dpo")["start_fingerprint"] == lineage(root, "sft")["fingerprint"]
+
+
+def test_interrupted_stage_resumes(pipeline_file, tmp_path):
+    root = tmp_path / "run"
+    stopped = run_pipeline(pipeline_file, ["sft.train.stop_after_steps=2", "eval.enabled=false"],
+                           log=lambda _: None)
+    assert statuses(stopped) == {"cpt": "fresh", "sft": "stopped"}
+    assert (root / "sft" / "checkpoints" / "step-2" / "COMPLETE").exists()
+    lines = []
+    resumed = run_pipeline(pipeline_file, ["eval.enabled=false"], log=lines.append)
+    assert statuses(resumed) == {"cpt": "skipped", "sft": "resume", "dpo": "fresh"}
+    log = [json.loads(x) for x in (root / "sft" / "train_log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in log if "loss" in x] == [1, 2, 3, 4]
+
+
+def test_only_and_from_need_upstream(pipeline_file):
+    from redone.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cpt: not selected"):
+        run_pipeline(pipeline_file, ["eval.enabled=false"], only="dpo", log=lambda _: None)
+    with pytest.raises(ConfigError, match="--from: 'rl' is not one of"):
+        run_pipeline(pipeline_file, [], start="rl", log=lambda _: None)
+
+
+def test_cluster_and_demo_configs_validate():
+    from redone.pipeline import dry_run
+    from tests.conftest import REPO
+
+    qwen = dry_run(REPO / "configs" / "pipeline" / "qwen2.5-7b.yaml", log=lambda _: None)
+    assert [c.stage for c in qwen] == ["cpt", "sft", "dpo"]
+    sft = qwen[1]
+    assert (sft.optim.lr, sft.optim.warmup_ratio, sft.optim.scheduler, sft.data.seq_len) == (5e-6, 0.1, "cosine", 16384)
+    assert sft.model.name_or_path == "runs/qwen2.5-7b-redone/cpt/final" and sft.train.precision == "bf16"
+    demo = dry_run(REPO / "configs" / "pipeline" / "demo.yaml", log=lambda _: None)
+    assert demo[2].model.name_or_path == "runs/demo/sft/final"
