@@ -53,7 +53,7 @@ def last_user_span(tokenizer, messages: list[dict]) -> tuple[int, int] | None:
     if not users:
         return None
     i = users[-1]
-    before = render(tokenizer, messages[:i])
+    before = render(tokenizer, messages[:i]) if i else ""  # a template cannot render zero messages
     through = render(tokenizer, messages[: i + 1])
     content = messages[i]["content"]
     start = through.find(content, len(before))

@@ -71,6 +71,10 @@ class Stage:
         """Held-out batches per tag for the periodic eval loss (none by default)."""
         return {}
 
+    def held_out_metrics(self, model) -> dict[str, float]:
+        """What the periodic eval logs: ``eval_loss/<tag>`` (dpo adds reward accuracy and margins)."""
+        return held_out_losses(self, model)
+
 
 def model_inputs(batch: dict) -> dict:
     keys = ("input_ids", "position_ids", "attention_mask")

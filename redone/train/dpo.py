@@ -4,7 +4,8 @@ Features
 - Pair sources (``redone.data.preference``): prompt/chosen/rejected files (strings or chat messages),
   HH-RLHF dialogues, and pairs built from SNS-Bench / SNS-TransBench items (gold vs a plausible wrong
   answer, verified with the benchmark metric); optionally rejected answers sampled from the starting
-  model (``data.sample_rejected``). One mixture component (and metric tag) per file / task; mixed by
+  model (``data.sample_rejected: N`` samples per item, ``RejectedSampler``), kept where the metric
+  scores them below the gold. One mixture component (and metric tag) per file / task; mixed by
   pair counts (ratio of source weights, or temperature). Counts per component (pairs, dropped per
   reason, rejected kinds, truncated) are printed at start and kept in ``source_info`` (lineage).
 - Loss per pair: sigmoid DPO with ``dpo.beta`` and label smoothing (cDPO,
@@ -23,13 +24,15 @@ Features
   path). ``data.seq_len`` bounds each sequence (prompt + completion), as TRL's ``max_length``.
 - Metrics per task: ``loss/``, ``reward_accuracy/``, ``reward_chosen/``, ``reward_rejected/``,
   ``reward_margin/``, ``logp_chosen/``, ``logp_rejected/``, ``pairs/``, ``tokens/``; held-out pairs
-  (``data.eval_holdout`` per task) give ``eval_loss/<task>`` in training and every metric through
-  ``DPOStage.evaluate``.
+  (``data.eval_holdout`` per task) give the same metrics with an ``eval_`` prefix, per task and over
+  all tasks, every ``train.eval_every`` steps (``DPOStage.evaluate``).
 
 Errors: ``DataError`` for malformed pairs under ``data.bad_pairs: error``, an over-long pair under
 ``data.overlong: error``, a source with no usable pairs, task data with ``build_from_tasks: false``;
-``RedoneError`` for a reference model whose vocabulary does not cover the tokenizer, or ZeRO-3 (the
-reference pass needs whole parameters).
+``RedoneError`` for a reference model whose vocabulary does not cover the tokenizer.
+
+Under DeepSpeed ZeRO-3 the reference pass runs before the engine exists, on the zero.Init shards
+gathered whole on every rank for the pass (``redone.distributed.whole_parameters``).
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from redone.data.preference import PairPlan, pair_plans, tokenize_pairs
 from redone.data.sources import source_digest
 from redone.errors import RedoneError
 from redone.train import ref_cache
-from redone.train.base import LossOutput, Stage, real_tokens
+from redone.train.base import LossOutput, Stage
 from redone.train.sft import split_holdout
 
 # Bump when the rules that build pairs from task data change: cached pair stores are then rebuilt.
@@ -82,7 +85,8 @@ class DPOStage(Stage):
     def __init__(self, config: DPOConfig, tokenizer):
         super().__init__(config, tokenizer)
         data = config.data
-        plans = pair_plans(list(data.sources), data, config.seed)
+        self.rejected_sampler = RejectedSampler(config, tokenizer) if data.sample_rejected else None
+        plans = pair_plans(list(data.sources), data, config.seed, self.rejected_sampler)
         self.train_stores: list[TokenStore] = []
         self.eval_stores: list[TokenStore | None] = []
         for plan in plans:
@@ -96,6 +100,8 @@ class DPOStage(Stage):
                 "name": plan.name, "source": data.sources[plan.source].path, "digest": manifest["parts"]["digest"],
                 "pairs": len(train_idx), "held_out": len(held_idx),
                 "tokens": int(self.train_stores[-1].tokens.size), "cache_hit": hit, **counts})
+        if self.rejected_sampler is not None:
+            self.rejected_sampler.close()
         self.probs = pair_probs(plans, self.train_stores, data)
         for info, p in zip(self.source_info, self.probs):
             info["planned_share"] = p
@@ -103,6 +109,7 @@ class DPOStage(Stage):
         self.packer = PairDrawer(sampler)
         self.ref: dict[str, torch.Tensor] | None = None
         self.reference_info: dict = {}
+        self.shared_prompt = False  # decided in prepare_model, once the attention implementation is known
         print_summary(self.source_info)
 
     # ------------------------------------------------------------ data
@@ -116,6 +123,8 @@ class DPOStage(Stage):
                  "overlong": data.overlong, "bad_pairs": data.bad_pairs, "pairs_per_item": data.pairs_per_item,
                  "seed": self.config.seed if plan.kind != "file" else None,
                  "tokenizer": tokenizer_digest(self.tokenizer)}
+        if self.rejected_sampler is not None and plan.kind != "file":
+            parts["sampled"] = self.rejected_sampler.key_parts()
 
         def build():
             pairs, counts = plan.build()
@@ -127,10 +136,16 @@ class DPOStage(Stage):
     def make_batch(self, picks: list[tuple[int, int]], split: str = "train") -> dict:
         """A micro-batch of the given (source, item) pairs, packed as configured."""
         stores = self.train_stores if split == "train" else self.eval_stores
-        rows = pack_pairs(stores, picks, self.tokenizer.pad_token_id, packing=self.config.data.packing,
-                          fill=self.layout == "rows")
-        batch = collate(rows, self.tokenizer.pad_token_id, self.layout)
+        if self.shared_prompt:
+            batch = shared_prompt_batch(stores, picks, self.tokenizer.pad_token_id)
+        else:
+            rows = pack_pairs(stores, picks, self.tokenizer.pad_token_id, packing=self.config.data.packing,
+                              fill=self.layout == "rows")
+            batch = collate(rows, self.tokenizer.pad_token_id, self.layout)
         batch["split"] = split
+        # A pair counts as its two sequences' tokens (prompt+chosen, prompt+rejected), as TRL counts
+        # it, whether or not the prompt is computed once: tokens/s compare across layouts and trainers.
+        batch["pair_tokens"] = [int(stores[s].offsets[i + 1] - stores[s].offsets[i]) for s, i in picks]
         return batch
 
     def next_batch(self, rank: int, world: int) -> dict:
@@ -154,13 +169,23 @@ class DPOStage(Stage):
     # ------------------------------------------------------------ reference log-probs
 
     def prepare_model(self, model) -> None:
-        """Load or compute the reference log-probs of every pair (train and held-out)."""
+        """Choose the batch layout, then load or compute the reference log-probs of every pair."""
+        self.shared_prompt = resolve_shared_prompt(self.config.dpo.share_prompt, self.layout,
+                                                   getattr(model.config, "_attn_implementation", None))
+        from redone.distributed import whole_parameters
+
+        # ZeRO-3: the model is zero.Init shards and not yet an engine; every rank gathers the whole
+        # weights for this one no-grad pass (and the fingerprint), then they are sharded again.
+        with whole_parameters(model):
+            self._prepare_reference(model)
+
+    def _prepare_reference(self, model) -> None:
         from accelerate import PartialState
 
+        from redone.distributed import zero3_init_disabled
         from redone.model import fingerprint_model_dir, fingerprint_state_dict, load_model, resolve_model
         from redone.train.loop import resolve_precision
 
-        check_not_zero3()
         config, started = self.config, time.perf_counter()
         ref_name = config.dpo.reference_model
         if ref_name:
@@ -183,8 +208,9 @@ class DPOStage(Stage):
             hit = False
             reference = model
             if ref_name:
-                reference = load_model(ref_name, attn_implementation=config.model.attn_implementation,
-                                       trust_remote_code=config.model.trust_remote_code)
+                with zero3_init_disabled():  # a whole copy on each rank, like the gathered policy
+                    reference = load_model(ref_name, attn_implementation=config.model.attn_implementation,
+                                           trust_remote_code=config.model.trust_remote_code)
                 check_vocab(reference, self.tokenizer, ref_name)
             tensors = compute_reference(self, reference, names, precision, state)
             ref_cache.count_pass()
@@ -229,17 +255,18 @@ class DPOStage(Stage):
         policy, n_tokens = logps[order], counts[order]
         reference = self.reference_for(batch, policy.device)
         losses, chosen_rewards, rejected_rewards = dpo_loss(policy, reference, n_tokens, self.config.dpo)
+        pair_tokens = batch.get("pair_tokens") or [segments[c][2] + segments[r][2]
+                                                   for c, r in zip(chosen_idx, rejected_idx)]
         tags: dict[str, list[float]] = {}
         with torch.no_grad():
             values = torch.stack([losses.detach(), chosen_rewards, rejected_rewards,
                                   policy[:, 0].detach(), policy[:, 1].detach()], dim=1).double().cpu().tolist()
             for k, (loss, chosen, rejected, logp_c, logp_r) in enumerate(values):
-                seg_c, seg_r = segments[chosen_idx[k]], segments[rejected_idx[k]]
-                row = tags.setdefault(self.source_names[seg_c[3]], [0.0] * len(TAG_FIELDS))
-                for i, v in enumerate((loss, seg_c[2] + seg_r[2], 1, float(chosen > rejected), chosen, rejected,
+                row = tags.setdefault(self.source_names[segments[chosen_idx[k]][3]], [0.0] * len(TAG_FIELDS))
+                for i, v in enumerate((loss, pair_tokens[k], 1, float(chosen > rejected), chosen, rejected,
                                        chosen - rejected, logp_c, logp_r)):
                     row[i] += v
-        return LossOutput(losses.sum(), len(losses), real_tokens(batch), tags)
+        return LossOutput(losses.sum(), len(losses), sum(pair_tokens), tags)
 
     def tag_metrics(self, tag: str, totals: list[float]) -> dict[str, float]:
         n = max(totals[2], 1)
@@ -249,6 +276,9 @@ class DPOStage(Stage):
                 f"reward_rejected/{tag}": sums["reward_rejected"] / n, f"reward_margin/{tag}": sums["margin"] / n,
                 f"logp_chosen/{tag}": sums["logp_chosen"] / n, f"logp_rejected/{tag}": sums["logp_rejected"] / n,
                 f"pairs/{tag}": totals[2], f"tokens/{tag}": totals[1]}
+
+    def held_out_metrics(self, model) -> dict[str, float]:
+        return self.evaluate(model)
 
     @torch.no_grad()
     def evaluate(self, model) -> dict[str, float]:
@@ -269,6 +299,64 @@ class DPOStage(Stage):
             for tag, values in list(totals.items()) + [("all", overall)]:
                 metrics.update({f"eval_{k}": v for k, v in self.tag_metrics(tag, values).items()})
         return metrics
+
+
+class RejectedSampler:
+    """``data.sample_rejected``: answers sampled from the starting model for task prompts.
+
+    The model is loaded on first use (only when a task component's pairs are not cached) and freed
+    by ``close``; the cache key of those components includes the model's fingerprint and the
+    sampling settings, so other weights never reuse them.
+    """
+
+    batch_size = 8
+
+    def __init__(self, config: DPOConfig, tokenizer):
+        self.config, self.tokenizer, self.model = config, tokenizer, None
+        self._fingerprint: str | None = None
+
+    def key_parts(self) -> dict:
+        from redone.model import fingerprint_model_dir, resolve_model
+
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint_model_dir(resolve_model(self.config.model.name_or_path))
+        data = self.config.data
+        return {"model": self._fingerprint, "n": data.sample_rejected, "max_new_tokens": data.sample_max_new_tokens,
+                "seed": self.config.seed}
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[list[dict]]) -> list[list[str]]:
+        from redone.data.chat import render
+        from redone.model import load_model
+
+        if self.model is None:
+            from redone.distributed import zero3_init_disabled
+
+            with zero3_init_disabled():  # ZeRO-3: a whole copy to sample from, not zero.Init shards
+                self.model = load_model(self.config.model.name_or_path, attn_implementation="sdpa",
+                                        trust_remote_code=self.config.model.trust_remote_code).eval()
+            torch.manual_seed(self.config.seed)
+        data, tokenizer = self.config.data, self.tokenizer
+        side, tokenizer.padding_side = tokenizer.padding_side, "left"
+        answers: list[list[str]] = []
+        try:
+            for start in range(0, len(prompts), self.batch_size):
+                texts = [render(tokenizer, p, add_generation_prompt=True) for p in prompts[start:start + self.batch_size]]
+                enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+                out = self.model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                                          max_new_tokens=data.sample_max_new_tokens,
+                                          num_return_sequences=data.sample_rejected,
+                                          pad_token_id=tokenizer.pad_token_id)
+                decoded = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                n = data.sample_rejected
+                answers += [[d.strip() for d in decoded[k * n:(k + 1) * n]] for k in range(len(texts))]
+        finally:
+            tokenizer.padding_side = side
+        return answers
+
+    def close(self) -> None:
+        self.model = None
+        gc.collect()
 
 
 # ---------------------------------------------------------------- pieces (tests and the benchmark use them)
@@ -343,6 +431,8 @@ def segment_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     never reaches the LM head. Returns two [n_segments] tensors in ``batch["segments"]`` order.
     """
     device = next(model.parameters()).device
+    if "targets" in batch:
+        return _target_logps(model, batch, device)
     labels = batch["labels"].to(device)
     scored = labels[:, 1:] != IGNORE  # position t predicts label t+1
     keep = torch.zeros_like(labels, dtype=torch.bool)
@@ -361,6 +451,95 @@ def segment_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     sums = torch.zeros(n, dtype=token_logps.dtype, device=device).index_add(0, owner, token_logps)
     counts = torch.zeros(n, dtype=torch.long, device=device).index_add(0, owner, torch.ones_like(owner))
     return sums, counts
+
+
+def _target_logps(model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``segment_logps`` for a shared-prompt batch: explicit (row, position, token, segment) targets.
+
+    The hidden state at a prompt's last position predicts the first token of both completions, so
+    targets are gathered by position instead of by shifting labels.
+    """
+    targets = batch["targets"].to(device)  # [T, 4]: row, position, token, segment
+    width = batch["input_ids"].shape[1]
+    keep = torch.zeros(batch["input_ids"].shape, dtype=torch.bool, device=device)
+    keep[targets[:, 0], targets[:, 1]] = True
+    inputs = {k: batch[k].to(device) for k in ("input_ids", "position_ids", "attention_mask")}
+    logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits  # [kept positions, V]
+    if logits.dim() == 3:
+        logits = logits[keep]
+    order = keep.flatten().cumsum(0) - 1  # row-major rank of every kept position
+    rows = order[targets[:, 0] * width + targets[:, 1]]
+    token_logps = -F.cross_entropy(logits.float()[rows], targets[:, 2], reduction="none")
+    n = len(batch["segments"])
+    owner = targets[:, 3]
+    sums = torch.zeros(n, dtype=token_logps.dtype, device=device).index_add(0, owner, token_logps)
+    counts = torch.zeros(n, dtype=torch.long, device=device).index_add(0, owner, torch.ones_like(owner))
+    return sums, counts
+
+
+def resolve_shared_prompt(requested, layout: str, attn: str | None) -> bool:
+    """Share the prompt where a custom 4D mask is honoured: packed rows under sdpa."""
+    possible = layout == "rows" and attn == "sdpa"
+    if requested and not possible:
+        raise RedoneError(f"dpo.share_prompt: needs packed rows under sdpa attention (layout '{layout}', "
+                          f"attention '{attn}'); set it to null (auto) or false")
+    return possible if requested is None else bool(requested)
+
+
+def shared_prompt_batch(stores, picks: list[tuple[int, int]], pad_id: int) -> dict:
+    """Pairs as ``prompt | chosen | rejected`` items, first-fit decreasing into rows as wide as the
+    longest item. Positions restart per item, and the rejected tokens continue the prompt's positions
+    (so they sit exactly where they would after the prompt alone). The boolean 4D mask is causal
+    inside an item, except that rejected tokens never see chosen ones, and nothing crosses items.
+    ``segments`` list each pair's chosen and rejected span; ``targets`` say which hidden state
+    predicts which completion token.
+    """
+    items = []
+    for source, item in picks:
+        ids, mask = stores[source].item(item)
+        cut = int(stores[source].part_offsets[item])
+        p = int(np.argmax(mask[:cut]))  # first completion token: the prompt is everything before it
+        items.append((source, item, ids[:cut], ids[cut + p:], p))
+    lengths = [len(chosen_full) + len(rejected) for _, _, chosen_full, rejected, _ in items]
+    width = max(lengths)
+    bins: list[list[int]] = []
+    used: list[int] = []
+    for k in sorted(range(len(items)), key=lambda k: -lengths[k]):
+        for j, u in enumerate(used):
+            if u + lengths[k] <= width:
+                bins[j].append(k)
+                used[j] += lengths[k]
+                break
+        else:
+            bins.append([k])
+            used.append(lengths[k])
+    input_ids = torch.full((len(bins), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(bins), width), dtype=torch.long)
+    attention = torch.zeros((len(bins), 1, width, width), dtype=torch.bool)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    segments, targets = [], []
+    for b, members in enumerate(bins):
+        offset = 0
+        for k in sorted(members):
+            source, item, chosen_full, rejected, p = items[k]
+            c, r = len(chosen_full) - p, len(rejected)
+            span = slice(offset, offset + p + c + r)
+            input_ids[b, span] = torch.from_numpy(np.concatenate([chosen_full, rejected]).astype(np.int64))
+            positions[b, span] = torch.cat([torch.arange(p + c), torch.arange(p, p + r)])
+            attention[b, 0, span, span] = causal[: p + c + r, : p + c + r]
+            attention[b, 0, offset + p + c: offset + p + c + r, offset + p: offset + p + c] = False
+            chosen_seg, rejected_seg = len(segments), len(segments) + 1
+            segments += [(b, offset + p, c, source, item, 0), (b, offset + p + c, r, source, item, 1)]
+            last_prompt = offset + p - 1
+            for j in range(c):  # chosen token j is predicted at the position before it
+                targets.append((b, last_prompt + j, int(chosen_full[p + j]), chosen_seg))
+            for j in range(r):  # the first rejected token is predicted from the prompt's last position
+                targets.append((b, last_prompt if j == 0 else offset + p + c + j - 1, int(rejected[j]), rejected_seg))
+            offset += p + c + r
+        tail = torch.arange(offset, width)
+        attention[b, 0, tail, tail] = True  # padding attends to itself only (no empty softmax rows)
+    return {"input_ids": input_ids, "position_ids": positions, "attention_mask": attention,
+            "targets": torch.tensor(targets, dtype=torch.long), "segments": segments}
 
 
 def dpo_loss(policy: torch.Tensor, reference: torch.Tensor, n_tokens: torch.Tensor, dpo):
@@ -417,17 +596,6 @@ def check_vocab(reference, tokenizer, name: str) -> None:
     if size < len(tokenizer):
         raise RedoneError(f"dpo.reference_model: {name} has {size} token embeddings but the tokenizer has "
                           f"{len(tokenizer)} tokens; the reference must share the policy's vocabulary")
-
-
-def check_not_zero3() -> None:
-    from accelerate.state import AcceleratorState
-
-    state = AcceleratorState._shared_state
-    plugin = state.get("deepspeed_plugins") or {}
-    plugins = plugin.values() if isinstance(plugin, dict) else [plugin]
-    if any(getattr(p, "zero_stage", None) == 3 for p in plugins):
-        raise RedoneError("dpo: the reference pass needs whole parameters and is not implemented under "
-                          "DeepSpeed ZeRO-3 yet; use ZeRO-2, DDP or FSDP")
 
 
 def print_summary(source_info: list[dict]) -> None:
