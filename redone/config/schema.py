@@ -198,6 +198,10 @@ class DPOSection:
     label_smoothing: float = 0.0
     nll_weight: float = 0.0
     reference_model: Optional[str] = None  # None: the starting policy is the reference
+    # Chosen and rejected share one copy of the prompt in the packed row (a custom attention mask keeps
+    # them apart): the prompt's forward/backward runs once per pair. None = wherever possible (packed
+    # rows under sdpa), true = required (refused otherwise), false = two full sequences per pair.
+    share_prompt: Optional[bool] = None
 
 
 @dataclass
