@@ -17,10 +17,11 @@ Every block/row is full, so real tokens = rows x seq_len on both sides. Each run
 clock starts at the end of step ``warmup``: redone's ``record_step``, HF's ``on_step_end``). Checkpoint
 saving is off on both sides.
 
-Usage:
+Usage (1 torch thread per run by default; see _bench_common.py for the two throughput figures):
     python scripts/bench_cpt.py                                   # tiny model, 20 steps, batch 4 x 512
-    python scripts/bench_cpt.py --model smollm2-135m-instruct --steps 6 --batch 2 --repeats 1
-    python scripts/bench_cpt.py --threads 1 --repeats 3 --json /tmp/bench_cpt.json
+    python scripts/bench_cpt.py --steps 10 --repeats 2 --sides redone,hf-trainer,redone-crossdoc
+    python scripts/bench_cpt.py --model smollm2-135m-instruct --steps 5 --warmup 1 --batch 2
+    python scripts/bench_cpt.py --threads 2 --json /tmp/bench_cpt.json
 """
 
 from __future__ import annotations

@@ -27,10 +27,11 @@ excluded), TRL ``attention_mask.sum()`` (padded) or the flattened length (paddin
 own process (peak RSS = its ru_maxrss); the first ``--warmup`` steps are untimed (clock starts at the
 end of step ``warmup``: redone's ``record_step``, TRL's ``on_step_end``).
 
-Usage:
+Usage (1 torch thread per run by default; see _bench_common.py for the two throughput figures):
     python scripts/bench_sft.py                                  # tiny model, 20 steps, 8 examples/step
-    python scripts/bench_sft.py --model smollm2-135m-instruct --steps 6 --batch 4
-    python scripts/bench_sft.py --threads 1 --repeats 3 --sides redone,trl-padded,trl-padding-free,redone-padded
+    python scripts/bench_sft.py --steps 10 --repeats 2 --sides redone,trl-padded,trl-padding-free,redone-padded
+    python scripts/bench_sft.py --model smollm2-135m-instruct --steps 5 --warmup 1 --batch 4 --repeats 2
+    python scripts/bench_sft.py --threads 2 --json /tmp/bench_sft.json
 """
 
 from __future__ import annotations
