@@ -308,7 +308,7 @@ def task_pairs(task: str, items: list[dict], *, style: str, max_prompt_chars: in
     at most ``pairs_per_item`` per item), in addition to the rule-built ones.
     """
     pairs, counts = [], Counter(items=len(items))
-    golds = [sns_tasks.answer_text(task, item, where=f"{where}:{i}") for i, item in enumerate(items)]
+    golds = [sns_tasks.answer_text(task, item, style, where=f"{where}:{i}") for i, item in enumerate(items)]
     prompts = [sns_tasks.prompt_messages(task, sns_tasks.clip_item(task, item, max_prompt_chars), style,
                                          where=f"{where}:{i}") for i, item in enumerate(items)]
     usable = [i for i, gold in enumerate(golds) if gold.strip()]

@@ -72,6 +72,9 @@ class Task:
     scoring_file: str | None = None
     official_system: str | None = None
     official_user: UserBuilder | None = None
+    # The redone-style target made from the scored gold (None: the gold itself). Only for a shorter
+    # answer in the same scored protocol, e.g. MRC-complex's <Result> part without the unscored tags.
+    redone_answer: Callable[[str], str] | None = None
     description: str = ""
     source: str = "builtin"  # or the YAML file a task came from
 
@@ -172,9 +175,18 @@ def clip_item(task: str | Task, item: dict, max_chars: int | None) -> dict:
     return clipped
 
 
-def answer_text(task: str | Task, item: dict, *, where: str = "") -> str:
-    """The gold answer exactly as the scorer wants a prediction to look (outer whitespace removed)."""
+def answer_text(task: str | Task, item: dict, style: str = "redone", *, where: str = "") -> str:
+    """The gold answer exactly as the scorer wants a prediction to look (outer whitespace removed).
+
+    The "redone" style may shorten it (``Task.redone_answer``) to the part the scorer reads.
+    """
     t = _resolve(task, item, where)
+    _check_style(style)
+    gold = _scored_gold(t, item, where)
+    return t.redone_answer(gold) if style == "redone" and t.redone_answer else gold
+
+
+def _scored_gold(t: Task, item: dict, where: str) -> str:
     _require_fields(t, item, (t.answer_field,), where)
     _check_answer_type(t, item, where)
     if t.scoring_file is not None:
@@ -190,7 +202,7 @@ def build_example(task: str | Task, item: dict, style: str = "redone", *, where:
     """One SFT example: the prompt plus the gold answer as the assistant turn."""
     t = _resolve(task, item, where)
     messages = prompt_messages(t, item, style, where=where)
-    messages.append({"role": "assistant", "content": answer_text(t, item, where=where)})
+    messages.append({"role": "assistant", "content": answer_text(t, item, style, where=where)})
     return {"messages": messages, "task": t.name}
 
 
@@ -436,6 +448,12 @@ _MRC_COMPLEX_FORMAT = (
     '<AnswerList>["answer copied from Doc", ...]</AnswerList>\n'
     '<Result>[{"Option": "answer", "Reason": "supporting text copied from Doc"}, ...]</Result>'
 )
+
+def _result_part(gold: str) -> str:
+    """MRC-complex's scored part: the last <Result>...</Result> block (the scorer ignores the other tags)."""
+    blocks = re.findall(r"<Result>.*?</Result>", gold, flags=re.DOTALL)
+    return blocks[-1] if blocks else gold
+
 
 _GENDER_TOPICS = (
     "gender stereotypes or bias, fertility and parenting, marriage and in-laws, dating and "
@@ -684,11 +702,14 @@ def _sns_tasks() -> list[Task]:
             max_new_tokens=1024,  # four tagged parts; golds reach 373 tokens in test, 853 in train
             fields=("content",),
             scoring_file="Note-MRC-complex",
+            # Only the scored <Result> block: the three unscored tags would triple the answer length (and
+            # the tokens a CPU trains and decodes) for no points. The official style keeps all four.
             system=(
-                "Answer the Query from the Doc in exactly this tagged format:\n"
-                f"{_MRC_COMPLEX_FORMAT}\nCopy options and reasons from Doc; if Doc is irrelevant or has no "
-                "answer, both lists are []."
+                "Answer the Query from the Doc as a JSON list of options copied from Doc, each with a "
+                'supporting reason copied from Doc: <Result>[{"Option": "answer", "Reason": "text from '
+                'Doc"}, ...]</Result>. If Doc is irrelevant or has no answer: <Result>[]</Result>'
             ),
+            redone_answer=_result_part,
             user=lambda it: f"{_content(it)}\nAnswer:",
             official_system=(
                 "Task: rewrite the Query, then do reading comprehension on the Doc.\n"

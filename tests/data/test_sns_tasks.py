@@ -297,6 +297,20 @@ def test_gold_answer_round_trip(path, sns_items):
         assert official["score"] == pytest.approx(BUG_COMPATIBLE_GOLD[split, task], abs=1e-3)
 
 
+def test_mrc_complex_redone_target_is_the_scored_result_block(sns_items):
+    """The redone style trains only the <Result> block; the official style keeps all four tags; both
+    get full marks, and the redone one is much shorter (what a CPU trains and decodes)."""
+    scoring = pytest.importorskip("redone.eval.scoring")
+    items = sns_items[DATA / "sns_bench" / "train" / "Note-MRC-complex.json"]
+    redone = [st.answer_text("Note-MRC-complex", it) for it in items]
+    official = [st.build_example("Note-MRC-complex", it, "official")["messages"][-1]["content"] for it in items]
+    assert all(r.startswith("<Result>") and r.endswith("</Result>") and "<AnswerList>" not in r for r in redone)
+    assert all("<rewrite_query>" in o and r in o for o, r in zip(official, redone))
+    assert sum(map(len, redone)) < 0.5 * sum(map(len, official))
+    for predictions in (redone, official):
+        assert scoring.score_file("Note-MRC-complex", predictions, items)["score"] == pytest.approx(100.0)
+
+
 def test_wrong_answers_do_not_round_trip(sns_items):
     """The round trip can fail: shifting golds by one item must lose points on every file."""
     scoring = pytest.importorskip("redone.eval.scoring")
