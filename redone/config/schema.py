@@ -60,6 +60,8 @@ class SourceSection:
 class DataSection:
     sources: list[SourceSection] = field(default_factory=list)
     mixing: str = "ratio"  # ratio (source weights) | temperature (p ~ n^(1/T), n = tokens)
+    # temperature mode: over all components; ratio mode (SFT/DPO): how a source's weight is split over
+    # its components (task files), by size^(1/T)
     temperature: float = 1.0
     seq_len: int = 512
     packing: bool = True

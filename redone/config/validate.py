@@ -34,6 +34,10 @@ def check_mixing(config: RunConfig) -> None:
     _one_of("data.mixing", config.data.mixing, ("ratio", "temperature"))
     if config.data.temperature <= 0:
         raise ConfigError(f"data.temperature: must be > 0 (got {config.data.temperature})")
+    if config.stage == "cpt" and config.data.mixing == "ratio" and config.data.temperature != 1.0:
+        # A CPT source is one component: there is nothing inside it for a temperature to split.
+        raise ConfigError("data.temperature: only used with data.mixing=temperature in CPT "
+                          f"(got {config.data.temperature} with mixing=ratio)")
 
 
 def check_lengths(config: RunConfig) -> None:
@@ -79,7 +83,7 @@ def check_train(config: RunConfig) -> None:
 
 def check_model(config: RunConfig) -> None:
     _one_of("model.attn_implementation", config.model.attn_implementation,
-            ("auto", "sdpa", "eager", "flash_attention_2"))
+            ("auto", "sdpa", "sdpa_segments", "eager", "flash_attention_2"))
     if config.model.freeze_bottom_layers < 0:
         raise ConfigError(f"model.freeze_bottom_layers: must be >= 0 (got {config.model.freeze_bottom_layers})")
     if config.model.freeze_bottom_layers and config.model.lora.enabled:

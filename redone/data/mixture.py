@@ -25,6 +25,19 @@ def mixture_probs(weights: list[float], token_counts: list[int], mode: str, temp
     return [r / total for r in raw]
 
 
+def split_source_weights(source_of: list[int], source_weights: list[float], sizes: list[int],
+                         temperature: float) -> list[float]:
+    """Ratio mode with several components per source (an SNS-Bench folder = 12 task files): each source's
+    weight is shared by its components in proportion to size^(1/T). T = 1 splits by size; a larger T
+    moves share from big components to small ones (T -> inf: evenly), like temperature sampling but
+    inside a source, so the source weights the user set still hold exactly."""
+    raw = [float(n) ** (1.0 / temperature) for n in sizes]
+    per_source: dict[int, float] = {}
+    for s, r in zip(source_of, raw):
+        per_source[s] = per_source.get(s, 0.0) + r
+    return [source_weights[s] * r / per_source[s] for s, r in zip(source_of, raw)]
+
+
 class MixtureSampler:
     def __init__(self, lengths: list[np.ndarray], probs: list[float], seed: int):
         """lengths[s][i] = token length of item i of source s (what a pick costs in tokens)."""

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import gc
 import time
-from collections import Counter
 
 import numpy as np
 import torch
@@ -47,7 +46,7 @@ import torch.nn.functional as F
 
 from redone.config.schema import DPOConfig
 from redone.data.cache import cached_store, tokenizer_digest
-from redone.data.mixture import MixtureSampler, mixture_probs
+from redone.data.mixture import MixtureSampler, mixture_probs, split_source_weights
 from redone.data.packing import IGNORE, Row, TokenStore, _RowBuilder, collate
 from redone.data.preference import PairPlan, pair_plans, tokenize_pairs
 from redone.data.sources import source_digest
@@ -183,7 +182,13 @@ class DPOStage(Stage):
         from accelerate import PartialState
 
         from redone.distributed import zero3_init_disabled
-        from redone.model import fingerprint_model_dir, fingerprint_state_dict, load_model, resolve_model
+        from redone.model import (
+            fingerprint_model_dir,
+            fingerprint_state_dict,
+            load_model,
+            resolve_model,
+            training_attention,
+        )
         from redone.train.loop import resolve_precision
 
         config, started = self.config, time.perf_counter()
@@ -209,7 +214,8 @@ class DPOStage(Stage):
             reference = model
             if ref_name:
                 with zero3_init_disabled():  # a whole copy on each rank, like the gathered policy
-                    reference = load_model(ref_name, attn_implementation=config.model.attn_implementation,
+                    attn = training_attention(config.model.attn_implementation, config.data.packing)
+                    reference = load_model(ref_name, attn_implementation=attn,
                                            trust_remote_code=config.model.trust_remote_code)
                 check_vocab(reference, self.tokenizer, ref_name)
             tensors = compute_reference(self, reference, names, precision, state)
@@ -367,10 +373,8 @@ def pair_probs(plans: list[PairPlan], stores: list[TokenStore], data) -> list[fl
     sizes = [len(s) for s in stores]
     if data.mixing == "temperature":
         return mixture_probs([], sizes, "temperature", data.temperature)
-    per_source = Counter()
-    for plan, n in zip(plans, sizes):
-        per_source[plan.source] += n
-    weights = [data.sources[p.source].weight * n / per_source[p.source] for p, n in zip(plans, sizes)]
+    weights = split_source_weights([p.source for p in plans], [s.weight for s in data.sources], sizes,
+                                   data.temperature)
     return mixture_probs(weights, sizes, "ratio", 1.0)
 
 
@@ -478,8 +482,9 @@ def _target_logps(model, batch: dict, device) -> tuple[torch.Tensor, torch.Tenso
 
 
 def resolve_shared_prompt(requested, layout: str, attn: str | None) -> bool:
-    """Share the prompt where a custom 4D mask is honoured: packed rows under sdpa."""
-    possible = layout == "rows" and attn == "sdpa"
+    """Share the prompt where a custom 4D mask is honoured: packed rows under sdpa (sdpa_segments hands
+    a 4D mask to stock sdpa)."""
+    possible = layout == "rows" and attn in ("sdpa", "sdpa_segments")
     if requested and not possible:
         raise RedoneError(f"dpo.share_prompt: needs packed rows under sdpa attention (layout '{layout}', "
                           f"attention '{attn}'); set it to null (auto) or false")

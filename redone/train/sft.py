@@ -28,7 +28,7 @@ from redone.config.schema import SFTConfig
 from redone.data.cache import cached_store, tokenizer_digest
 from redone.data.chat import encode_chat
 from redone.data.examples import Component, all_components
-from redone.data.mixture import MixtureSampler, mixture_probs
+from redone.data.mixture import MixtureSampler, mixture_probs, split_source_weights
 from redone.data.packing import ItemPacker, TokenStore, collate, pack_in_order
 from redone.data.sources import source_digest
 from redone.errors import DataError
@@ -119,9 +119,7 @@ def component_probs(components: list[Component], stores: list[TokenStore], data)
     tokens = [int(s.tokens.size) for s in stores]
     if data.mixing == "temperature":
         return mixture_probs([], tokens, "temperature", data.temperature)
-    # Ratio mode: a source's weight is shared by its components in proportion to their size.
-    per_source = Counter()
-    for component, n in zip(components, tokens):
-        per_source[component.source] += n
-    weights = [data.sources[c.source].weight * n / per_source[c.source] for c, n in zip(components, tokens)]
+    # Ratio mode: a source's weight is shared by its components by size^(1/T) (T = 1: by size).
+    weights = split_source_weights([c.source for c in components], [s.weight for s in data.sources], tokens,
+                                   data.temperature)
     return mixture_probs(weights, tokens, "ratio", 1.0)

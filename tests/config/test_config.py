@@ -25,6 +25,7 @@ def test_defaults_and_overrides(tmp_path):
     (["train.max_steps=0"], r"train.max_steps: must be >= 1"),
     (["data.sources=[{path: a.txt, weight: 0}]"], r"data.sources\[0\].weight: must be > 0"),
     (["data.mixing=tempreature"], r"data.mixing: 'tempreature' is not one of"),
+    (["data.temperature=3"], r"data.temperature: only used with data.mixing=temperature in CPT"),
     (["optim.warmup_ratio=1.5"], r"optim.warmup_ratio"),
     (["data.sources=[]"], r"data.sources: at least one"),
     (["tracking.report_to=[mlflow]"], r"tracking.report_to\[0\]"),

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from redone.data.mixture import MixtureSampler, mixture_probs
+from redone.data.mixture import MixtureSampler, mixture_probs, split_source_weights
 
 
 def make_lengths(seed=0):
@@ -32,6 +32,16 @@ def test_temperature_one_is_size_proportional():
     assert max(hot) - min(hot) < max(probs) - min(probs)  # higher T flattens the mix
     shares = realised(MixtureSampler(lengths, probs, seed=0), 4000)
     assert np.allclose(shares, probs, atol=0.02)
+
+
+def test_split_source_weights_keeps_source_totals_and_flattens_inside():
+    source_of, sizes = [0, 0, 0, 1, 1], [9000, 900, 100, 50, 50]
+    by_size = split_source_weights(source_of, [8.0, 2.0], sizes, 1.0)
+    assert by_size == pytest.approx([7.2, 0.72, 0.08, 1.0, 1.0])  # T = 1: by size within the source
+    hot = split_source_weights(source_of, [8.0, 2.0], sizes, 3.0)
+    assert sum(hot[:3]) == pytest.approx(8.0) and sum(hot[3:]) == pytest.approx(2.0)
+    assert hot[0] / hot[2] == pytest.approx(90 ** (1 / 3))  # size ratio 90 -> share ratio 90^(1/3)
+    assert split_source_weights(source_of, [8.0, 2.0], sizes, 1e9)[:3] == pytest.approx([8 / 3] * 3, rel=1e-6)
 
 
 def test_same_seed_same_order_other_seed_differs():
