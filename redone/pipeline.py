@@ -65,6 +65,9 @@ class PipelineConfig:
     output_root: str = "runs/pipeline"
     seed: int = 0
     stages: list[str] = field(default_factory=lambda: list(STAGES))
+    # Delete a stage's step checkpoints once its final/ is written: resume only needs them while the
+    # stage is unfinished, and each one holds the weights plus two Adam moments (3x the model).
+    prune_checkpoints: bool = False
     model: ModelSection = field(default_factory=ModelSection)
     tracking: TrackingSection = field(default_factory=TrackingSection)
     cpt: Any = None
@@ -202,6 +205,9 @@ def run_pipeline(path: str | Path | None, overrides=(), start: str | None = None
                 record["stages"][stage]["status"] = "stopped"
                 (root / "state.json").write_text(json.dumps(record, indent=1, default=str))
                 return record
+            if top.prune_checkpoints:
+                shutil.rmtree(ckpt.checkpoints_dir(config.output_dir), ignore_errors=True)
+                log(f"[pipeline] {stage}: removed its step checkpoints (prune_checkpoints)")
         record["stages"].setdefault(stage, {"status": "skipped"})
         final = Path(config.output_dir) / "final"
         lineage = json.loads((final / "redone.json").read_text())

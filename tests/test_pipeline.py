@@ -102,10 +102,14 @@ def test_interrupted_stage_resumes(pipeline_file, tmp_path):
     assert statuses(stopped) == {"cpt": "fresh", "sft": "stopped"}
     assert (root / "sft" / "checkpoints" / "step-2" / "COMPLETE").exists()
     lines = []
-    resumed = run_pipeline(pipeline_file, ["eval.enabled=false"], log=lines.append)
+    resumed = run_pipeline(pipeline_file, ["eval.enabled=false", "prune_checkpoints=true"], log=lines.append)
     assert statuses(resumed) == {"cpt": "skipped", "sft": "resume", "dpo": "fresh"}
     log = [json.loads(x) for x in (root / "sft" / "train_log.jsonl").read_text().splitlines()]
     assert [x["step"] for x in log if "loss" in x] == [1, 2, 3, 4]
+    # Stages finished in this run drop their step checkpoints; the skipped CPT keeps its own.
+    assert not (root / "sft" / "checkpoints").exists() and not (root / "dpo" / "checkpoints").exists()
+    assert (root / "cpt" / "checkpoints" / "step-2" / "COMPLETE").exists()
+    assert (root / "sft" / "final" / "redone.json").exists()
 
 
 def test_only_and_from_need_upstream(pipeline_file):
