@@ -49,6 +49,7 @@ class EvalSection:
     benches: list[str] = field(default_factory=lambda: ["sns-bench", "sns-transbench", "general-ppl"])
     models: list[str] = field(default_factory=lambda: ["base", "cpt", "sft", "dpo"])
     limit: Optional[int] = None  # items per benchmark file (None = the whole test split)
+    subset: str = "first"  # first | spread: which `limit` items (redone.eval.runner.subset_indices)
     prompt_style: str = "redone"
     max_prompt_chars: Optional[int] = None  # None: the SFT stage's data.max_prompt_chars
     batch_size: int = 8
@@ -88,7 +89,21 @@ def load_pipeline(path: str | Path | None, overrides=()) -> tuple[dict, Pipeline
     for stage in top.stages:
         if stage not in STAGES:
             raise ConfigError(f"stages: '{stage}' is not one of {', '.join(STAGES)}")
+    if top.eval.enabled:
+        check_eval_section(top, plain, path)
     return plain, top
+
+
+def check_eval_section(top: PipelineConfig, plain: dict, path) -> None:
+    """Refuse a bad eval value now, not after the stages have trained."""
+    from redone.errors import RedoneError
+    from redone.eval.runner import EvalOptions
+    from redone.report import eval_options
+
+    try:
+        EvalOptions.from_mapping(eval_options(top, plain)).validate()
+    except RedoneError as err:
+        raise ConfigError(f"{err} ({path})") from None
 
 
 def stage_raw(plain: dict, top: PipelineConfig, stage: str, parent_model: str | None) -> tuple[dict, list[str]]:

@@ -21,7 +21,8 @@ from redone.eval.scoring import TASKS
 def eval_options(top, plain: dict) -> dict:
     section = top.eval
     sft_chars = ((plain.get("sft") or {}).get("data") or {}).get("max_prompt_chars")
-    options = {"benches": tuple(section.benches), "limit": section.limit, "prompt_style": section.prompt_style,
+    options = {"benches": tuple(section.benches), "limit": section.limit, "subset": section.subset,
+               "prompt_style": section.prompt_style,
                "batch_size": section.batch_size, "max_new_tokens_cap": section.max_new_tokens_cap,
                "data_dir": section.data_dir, "bug_compatible": section.bug_compatible, "progress": True,
                "dtype": section.dtype, "ppl_max_tokens": section.ppl_max_tokens}

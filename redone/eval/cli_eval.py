@@ -36,7 +36,9 @@ def add_eval_parser(sub, func) -> argparse.ArgumentParser:
     p.add_argument("--data", help="data root holding sns_bench/, sns_transbench/, general/, preference/")
     p.add_argument("--split", help="data split (default test)")
     p.add_argument("--file", action="append", dest="files", help="SNS-Bench file(s) to run (default all 12)")
-    p.add_argument("--limit", type=int, help="first N items per SNS-Bench file and per TransBench direction")
+    p.add_argument("--limit", type=int, help="N items per SNS-Bench file and per TransBench direction")
+    p.add_argument("--subset", choices=["first", "spread"],
+                   help="with --limit: the first N items (default) or N evenly spaced ones")
     p.add_argument("--out", help="result JSON (predictions JSONL and .md table are written next to it)")
     p.add_argument("--label", help="column name in compare tables (default: the model folder name)")
     p.add_argument("--prompt-style", choices=["redone", "official"], help="default redone")

@@ -20,7 +20,7 @@ from __future__ import annotations
 from redone.errors import RedoneError
 from redone.eval.scoring import TASKS
 
-COMPARED_SETTINGS = ("split", "limit", "prompt_style", "max_prompt_chars", "scoring_mode", "max_new_tokens_cap",
+COMPARED_SETTINGS = ("split", "limit", "subset", "prompt_style", "max_prompt_chars", "scoring_mode", "max_new_tokens_cap",
                      "dtype", "querygen_mode")
 # bf16 greedy decoding changed 15 of 48 SmolLM2 answers vs fp32: dtype is flagged like the prompt settings.
 MODEL_ONLY_SETTINGS = ("prompt_style", "max_prompt_chars", "max_new_tokens_cap", "dtype")

@@ -13,7 +13,10 @@ Features
   ``max_prompt_chars`` is set (pass SFT's ``data.max_prompt_chars``). Greedy decoding (``redone.eval.generate``) with each task's token
   budget, capped by ``max_new_tokens_cap`` (default 256; translation and MRC budgets are far larger, so
   the cap and the number of answers that hit their budget are reported per file).
-- ``limit``: the first N items of each SNS-Bench file and of each TransBench direction (deterministic).
+- ``limit``: N items of each SNS-Bench file and of each TransBench direction (deterministic): the first N
+  (``subset: first``) or N evenly spaced ones, indices floor(i * n / N) (``subset: spread``). Test files
+  are not shuffled: their heads can be unlike the whole (the first 6 MRC-complex test items all have
+  answers; half the split has none), so a spread subset tracks the full-split score more closely.
 - Resumable: with ``out`` set, predictions are appended to ``<out stem>.predictions.jsonl`` next to it
   and reused by a rerun (same model, dtype and backend; per item the same prompt and budget).
 - Scoring mode: fixed by default, the official scorer's quirks with ``bug_compatible``; the SNS-Bench
@@ -61,7 +64,8 @@ class EvalOptions:
     data_dir: str | None = None  # folder holding sns_bench/, sns_transbench/, general/, preference/
     split: str = "test"
     files: tuple[str, ...] = ()  # SNS-Bench files to run; empty: all 12
-    limit: int | None = None  # first N items per SNS-Bench file and per TransBench direction
+    limit: int | None = None  # N items per SNS-Bench file and per TransBench direction
+    subset: str = "first"  # which N: "first" or "spread" (evenly spaced through the file)
     out: str | None = None  # result JSON; predictions JSONL and Markdown table go next to it
     prompt_style: str = "redone"
     max_prompt_chars: int | None = None  # clip long note fields like the SFT stage (data.max_prompt_chars)
@@ -119,6 +123,8 @@ class EvalOptions:
                 raise RedoneError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
         if self.max_prompt_chars is not None and self.max_prompt_chars < 1:
             raise RedoneError(f"eval.max_prompt_chars must be >= 1 (or unset), got {self.max_prompt_chars}")
+        if self.subset not in SUBSETS:
+            raise RedoneError(f"eval.subset must be one of {', '.join(SUBSETS)}, got {self.subset!r}")
         if self.limit is not None and self.limit < 1:
             raise RedoneError(f"eval.limit must be >= 1 (or unset for the full split), got {self.limit}")
         if self.max_new_tokens_cap is not None and self.max_new_tokens_cap < 0:
@@ -174,8 +180,21 @@ def resolve_data_dir(path: str | None) -> Path:
     raise RedoneError(f"eval: data folder not found (tried {', '.join(map(str, candidates))}); pass --data")
 
 
-def sns_bench_items(data_dir: Path, split: str, files, limit: int | None) -> dict[str, list[EvalItem]]:
-    """The first ``limit`` items of each SNS-Bench file present, by file stem."""
+SUBSETS = ("first", "spread")
+
+
+def subset_indices(n: int, limit: int | None, subset: str = "first") -> list[int]:
+    """Which of ``n`` items to evaluate: all, the first ``limit``, or ``limit`` evenly spaced ones."""
+    if limit is None or limit >= n:
+        return list(range(n))
+    if subset == "spread":
+        return [i * n // limit for i in range(limit)]
+    return list(range(limit))
+
+
+def sns_bench_items(data_dir: Path, split: str, files, limit: int | None,
+                    subset: str = "first") -> dict[str, list[EvalItem]]:
+    """``limit`` items (``subset_indices``) of each SNS-Bench file present, by file stem."""
     from redone.data.sns_tasks import load_items
     from redone.eval.scoring import SNS_FILES
 
@@ -190,29 +209,29 @@ def sns_bench_items(data_dir: Path, split: str, files, limit: int | None) -> dic
             if files:  # asked for by name: must exist
                 raise RedoneError(f"eval: {path} not found")
             continue
-        items = load_items(path)[:limit]
-        out[file] = [EvalItem("sns-bench", file, i, file, item) for i, item in enumerate(items)]
+        items = load_items(path)
+        out[file] = [EvalItem("sns-bench", file, i, file, items[i])
+                     for i in subset_indices(len(items), limit, subset)]
     if not out:
         raise RedoneError(f"eval: no SNS-Bench Note-*.json files in {folder}")
     return out
 
 
-def transbench_items(data_dir: Path, split: str, limit: int | None) -> list[EvalItem]:
-    """The first ``limit`` items of each direction of the TransBench file, in file order."""
+def transbench_items(data_dir: Path, split: str, limit: int | None, subset: str = "first") -> list[EvalItem]:
+    """``limit`` items (``subset_indices``) of each direction of the TransBench file, in file order."""
     from redone.data.sns_tasks import load_items, transbench_task
     from redone.eval.transbench import direction
 
     path = data_dir / "sns_transbench" / f"{split}.json"
     if not path.is_file():
         raise RedoneError(f"eval: SNS-TransBench file {path} not found")
-    taken: Counter = Counter()
-    out = []
-    for i, item in enumerate(load_items(path)):
-        name = direction(item)
-        if limit is None or taken[name] < limit:
-            taken[name] += 1
-            out.append(EvalItem("sns-transbench", name, i, transbench_task(item), item))
-    return out
+    items = load_items(path)
+    by_direction: dict[str, list[int]] = {}
+    for i, item in enumerate(items):
+        by_direction.setdefault(direction(item), []).append(i)
+    chosen = sorted(positions[k] for positions in by_direction.values()
+                    for k in subset_indices(len(positions), limit, subset))
+    return [EvalItem("sns-transbench", direction(items[i]), i, transbench_task(items[i]), items[i]) for i in chosen]
 
 
 def budget(task: str, cap: int | None) -> int:
@@ -433,7 +452,7 @@ def _predict_or_baseline(predictor: Predictor | None, items: list[EvalItem], bas
 
 
 def run_sns_bench(predictor: Predictor | None, data_dir: Path, options: EvalOptions) -> tuple[dict, str]:
-    by_file = sns_bench_items(data_dir, options.split, options.files, options.limit)
+    by_file = sns_bench_items(data_dir, options.split, options.files, options.limit, options.subset)
     train_dir = data_dir / "sns_bench" / "train"
 
     def baseline(items: list[EvalItem]) -> list[str]:
@@ -458,7 +477,7 @@ def run_sns_bench(predictor: Predictor | None, data_dir: Path, options: EvalOpti
 def run_transbench(predictor: Predictor | None, data_dir: Path, options: EvalOptions) -> dict:
     from redone.eval.baseline import skill_free_transbench
 
-    items = transbench_items(data_dir, options.split, options.limit)
+    items = transbench_items(data_dir, options.split, options.limit, options.subset)
     got, stats = _predict_or_baseline(predictor, items, lambda its: skill_free_transbench([i.item for i in its]))
     hits = Counter(it.file for it in items if got[it.key][1])
     section = score_transbench_section(items, [got[it.key][0] for it in items], hits, options)
@@ -466,10 +485,11 @@ def run_transbench(predictor: Predictor | None, data_dir: Path, options: EvalOpt
     return section
 
 
-def limit_note(limit: int | None) -> str:
+def limit_note(limit: int | None, subset: str = "first") -> str:
     if limit is None:
         return "full split"
-    return f"first {limit} items of each SNS-Bench file and of each SNS-TransBench direction"
+    which = f"first {limit} items" if subset == "first" else f"{limit} evenly spaced items (indices i*n//{limit})"
+    return f"{which} of each SNS-Bench file and of each SNS-TransBench direction"
 
 
 def default_label(model: str) -> str:
@@ -496,7 +516,8 @@ def build_header(model, predictor, options: EvalOptions, benches, data_dir: Path
         "data_dir": str(data_dir),
         "split": options.split,
         "limit": options.limit,
-        "limit_note": limit_note(options.limit),
+        "subset": options.subset,
+        "limit_note": limit_note(options.limit, options.subset),
         "prompt_style": options.prompt_style,
         "max_prompt_chars": options.max_prompt_chars,
         "scoring_mode": "bug_compatible" if options.bug_compatible else "fixed",

@@ -162,6 +162,24 @@ def test_limit_takes_the_first_items_of_each_transbench_direction():
         assert [it.index for it in items if it.file == direction] == first
 
 
+def test_spread_subset_is_evenly_spaced_through_each_file_and_direction():
+    assert runner.subset_indices(10, 4, "spread") == [0, 2, 5, 7]
+    assert runner.subset_indices(10, 4, "first") == [0, 1, 2, 3]
+    assert runner.subset_indices(3, 8, "spread") == [0, 1, 2]  # a limit above n takes everything
+    by_file = runner.sns_bench_items(DATA, "test", ("Note-MRC-complex",), 5, "spread")
+    n = len(json.loads((DATA / "sns_bench" / "test" / "Note-MRC-complex.json").read_text(encoding="utf-8")))
+    assert [it.index for it in by_file["Note-MRC-complex"]] == [i * n // 5 for i in range(5)]
+    everything = json.loads((DATA / "sns_transbench" / "test.json").read_text(encoding="utf-8"))
+    items = runner.transbench_items(DATA, "test", 4, "spread")
+    for direction in ("zh2en", "en2zh"):
+        positions = [i for i, x in enumerate(everything) if f"{x['src_lang']}2{x['dst_lang']}" == direction]
+        want = [positions[k * len(positions) // 4] for k in range(4)]
+        assert [it.index for it in items if it.file == direction] == want
+        assert [it.item for it in items if it.file == direction] == [everything[i] for i in want]
+    with pytest.raises(RedoneError, match="eval.subset must be one of first, spread"):
+        EvalOptions.from_mapping({"subset": "random"}).validate()
+
+
 def test_budgets_are_capped():
     assert runner.budget("Note-MRC-simple", 256) == 256
     assert runner.budget("Note-MRC-simple", None) == 768
