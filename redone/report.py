@@ -85,7 +85,7 @@ def evaluate_and_report(top, plain: dict, finals: dict[str, str], record: dict, 
 
     for final in finals.values():
         write_model_card(final, table)
-    log("\n" + table)
+    log("\n" + "\n".join(eval_settings(results, labels)) + "\n\n" + table)
     summary = headline(results, labels)
     if summary:
         log(summary)
@@ -118,9 +118,24 @@ def training_summary(record: dict) -> str:
 def write_report(root: Path, record: dict, table: str, results: list[dict], labels: list[str]) -> None:
     plots = plot_losses(root, record) + plot_eval_bars(root, results, labels)
     text = ["# redone pipeline report", "", "## Training", "", training_summary(record), "",
-            "## Evaluation (stage by stage)", "", table, "", "## Plots", ""]
+            "## Evaluation (stage by stage)", "", *eval_settings(results, labels), "", table, "", "## Plots", ""]
     text += [f"![{p.stem}]({p.name})" for p in plots]
     (root / "report.md").write_text("\n".join(text) + "\n")
+
+
+def eval_settings(results: list[dict], labels: list[str]) -> list[str]:
+    """What the table was measured on, so a number is never read without its subset and decoding."""
+    model_results = [r for r, label in zip(results, labels) if label != "skill-free"] or results
+    if not model_results:
+        return []
+    h = model_results[0]["header"]
+    seconds = ", ".join(f"{label} {r['header'].get('wall_time_s', 0):.0f} s" for r, label in zip(results, labels))
+    return [f"- data: {h.get('split')} split, {h.get('limit_note')}",
+            f"- prompts: {h.get('prompt_style')} style (long note fields clipped to {h.get('max_prompt_chars')} chars); "
+            f"{h.get('decoding')}; {h.get('max_new_tokens_note')}; dtype {h.get('dtype')}",
+            f"- scoring: {h.get('scoring_mode')} mode; QueryGen {h.get('querygen_mode')}; a two-file task is "
+            "the mean of its two files",
+            f"- eval wall time: {seconds}"]
 
 
 def read_log(stage_dir: Path) -> list[dict]:

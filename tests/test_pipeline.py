@@ -83,6 +83,7 @@ def test_pipeline_chains_skips_and_reruns(pipeline_file, tmp_path):
     assert "## Evaluation" in card
     report = (root / "report.md").read_text()
     assert "skill-free" in report and "SNS-Bench average" in report
+    assert "- data: test split, first 1 items of each SNS-Bench file" in report and "dtype float32" in report
     assert {p.name for p in root.glob("*.png")} == {"loss_curves.png", "sft_task_losses.png", "sns_bench_bars.png"}
 
     again = []
@@ -136,3 +137,8 @@ def test_cluster_and_demo_configs_validate():
     assert sft.model.name_or_path == "runs/qwen2.5-7b-redone/cpt/final" and sft.train.precision == "bf16"
     demo = dry_run(REPO / "configs" / "pipeline" / "demo.yaml", log=lambda _: None)
     assert demo[2].model.name_or_path == "runs/demo/sft/final"
+    # The full-data recipe inherits the demo and widens the data: no source limit left in SFT.
+    full = dry_run(REPO / "configs" / "pipeline" / "full.yaml", log=lambda _: None)
+    assert full[1].model.name_or_path == "runs/full/cpt/final" and full[1].data.temperature == 3
+    assert [s.limit for s in full[1].data.sources] == [None, None, None]
+    assert full[1].train.max_steps > 10 * demo[1].train.max_steps
