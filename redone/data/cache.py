@@ -51,15 +51,13 @@ def load_store(root: Path, key: str) -> tuple[TokenStore, dict] | None:
     return TokenStore(**arrays), manifest
 
 
-def save_store(root: Path, key: str, store: TokenStore, manifest: dict) -> None:
+def write_atomically(root: Path, key: str, fill) -> None:
+    """Create ``root/key`` as a whole or not at all: ``fill(tmp_dir)`` writes into a hidden temp dir that
+    is then renamed into place, so a killed run never leaves a half-written cache entry."""
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
     try:
-        for name in ARRAYS:
-            value = getattr(store, name)
-            if value is not None:
-                np.save(tmp / f"{name}.npy", value, allow_pickle=False)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
+        fill(tmp)
         try:
             os.rename(tmp, root / key)
         except OSError:  # another process stored the same key first: identical content, keep theirs
@@ -67,6 +65,17 @@ def save_store(root: Path, key: str, store: TokenStore, manifest: dict) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def save_store(root: Path, key: str, store: TokenStore, manifest: dict) -> None:
+    def fill(tmp: Path) -> None:
+        for name in ARRAYS:
+            value = getattr(store, name)
+            if value is not None:
+                np.save(tmp / f"{name}.npy", value, allow_pickle=False)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
+
+    write_atomically(root, key, fill)
 
 
 def cached_store(cache_dir: str | None, parts: dict, build) -> tuple[TokenStore, dict, bool]:

@@ -32,7 +32,6 @@ import dataclasses
 import importlib
 import json
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -251,21 +250,14 @@ def _load_corpus(entry: Path, n_sources: int) -> tuple[list, dict] | None:
 
 
 def _save_corpus(root: Path, key: str, stores: list, manifest: dict) -> None:
-    from redone.data.cache import save_store
+    from redone.data.cache import save_store, write_atomically
 
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
-    try:
+    def fill(tmp: Path) -> None:
         for i, (store, info) in enumerate(zip(stores, manifest["report"]["sources"])):
             save_store(tmp, str(i), store, {"name": info["name"], "documents": len(store)})
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False, default=str))
-        try:
-            os.rename(tmp, root / key)
-        except OSError:  # another process stored the same key first: identical content, keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_atomically(root, key, fill)
 
 
 # ---------------------------------------------------------------------------------------------------
