@@ -8,29 +8,20 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from redone.data import quality as q
 from redone.errors import ConfigError, DataError, RedoneError
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def data_dir() -> Path:
-    for candidate in (REPO / "data", REPO.parent / "shared" / "data"):
-        if (candidate / "sns_bench" / "test").is_dir():
-            return candidate
-    pytest.skip("SNS-Bench data not found")
+from tests.conftest import DATA
 
 
 @pytest.fixture(scope="module")
 def sns_notes() -> list[str]:
     """The content field of every SNS-Bench train item (notes, often wrapped in a task prompt)."""
     notes = []
-    for path in sorted((data_dir() / "sns_bench" / "train").glob("*.json")):
+    for path in sorted((DATA / "sns_bench" / "train").glob("*.json")):
         notes += [
             rec["content"] for rec in json.loads(path.read_text(encoding="utf-8")) if rec.get("content")
         ]
@@ -40,14 +31,14 @@ def sns_notes() -> list[str]:
 @pytest.fixture(scope="module")
 def shakespeare() -> list[str]:
     """Unrelated English paragraphs (speeches of at least 200 chars)."""
-    text = (data_dir() / "general" / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    text = (DATA / "general" / "tinyshakespeare.txt").read_text(encoding="utf-8")
     return [p for p in text.split("\n\n") if len(p) >= 200]
 
 
 @pytest.fixture(scope="module")
 def eval_texts() -> dict[str, list[str]]:
-    texts = q.eval_texts_from_sns_bench(data_dir() / "sns_bench" / "test")
-    texts.update(q.eval_texts_from_transbench(data_dir() / "sns_transbench" / "test.json"))
+    texts = q.eval_texts_from_sns_bench(DATA / "sns_bench" / "test")
+    texts.update(q.eval_texts_from_transbench(DATA / "sns_transbench" / "test.json"))
     return texts
 
 
@@ -160,7 +151,7 @@ def test_real_sns_notes_survive_default_filters(sns_notes):
 
 
 def test_real_transbench_notes_survive_default_filters():
-    records = json.loads((data_dir() / "sns_transbench" / "train.json").read_text(encoding="utf-8"))
+    records = json.loads((DATA / "sns_transbench" / "train.json").read_text(encoding="utf-8"))
     for lang, floor in (("en", 0.95), ("zh", 0.88)):
         notes = [rec[lang] for rec in records if rec["source"] == "note-content"]
         kept, reasons = q.apply_filters(notes, q.FilterConfig())
@@ -336,7 +327,7 @@ def test_decontaminates_real_sns_bench_and_transbench_items(eval_texts, eval_ind
 
 def test_shared_prompt_templates_do_not_flag_train_items(eval_texts):
     """SNS-Bench CHLW train items share the test items' prompt template, in variants."""
-    train = json.loads((data_dir() / "sns_bench" / "train" / "Note-CHLW.json").read_text(encoding="utf-8"))
+    train = json.loads((DATA / "sns_bench" / "train" / "Note-CHLW.json").read_text(encoding="utf-8"))
     texts = [rec["content"] for rec in train]
     sets = {"chlw": eval_texts["sns_bench/Note-CHLW"]}
     with_rule = q.contamination(texts, q.build_eval_index(sets, 13), q.DecontamConfig())

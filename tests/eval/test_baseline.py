@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
-import pytest
 
 from redone.eval import scoring
 from redone.eval.baseline import skill_free_predictions, skill_free_transbench
 from redone.eval.scoring import SNS_FILES, aggregate, score_file
 from redone.eval.transbench import score_transbench
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def data_dir() -> Path:
-    for candidate in (REPO / "data", REPO.parent / "shared" / "data"):
-        if (candidate / "sns_bench" / "test").is_dir():
-            return candidate
-    pytest.skip("SNS-Bench data not found")
+from tests.conftest import DATA
 
 
 def load(split: str, file: str) -> list[dict]:
-    return json.loads((data_dir() / "sns_bench" / split / f"{file}.json").read_text(encoding="utf-8"))
+    return json.loads((DATA / "sns_bench" / split / f"{file}.json").read_text(encoding="utf-8"))
 
 
 def _parses(file: str, prediction: str) -> bool:
@@ -86,7 +75,7 @@ def test_skill_free_baseline_on_the_test_split(capsys):
 
 
 def test_copy_source_transbench_baseline():
-    path = data_dir() / "sns_transbench" / "test.json"
+    path = DATA / "sns_transbench" / "test.json"
     items = json.loads(path.read_text(encoding="utf-8"))
     predictions = skill_free_transbench(items)
     assert predictions[0] == items[0][items[0]["src_lang"]]
