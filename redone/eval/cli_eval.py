@@ -1,7 +1,8 @@
 """Arguments of `redone eval` and what the command does (kept here so cli.py stays thin).
 
     redone eval --model DIR_OR_ID [--config FILE] [--bench sns-bench] [--bench sns-transbench]
-                [--bench general-ppl] [--data PATH] [--limit N] [--out FILE] [--prompt-style redone|official]
+                [--bench general-ppl] [--data PATH] [--limit N [--subset first|spread]] [--out FILE]
+                [--prompt-style redone|official]
                 [--bug-compatible] [--batch-size N] [--max-new-tokens-cap N] [--skill-free] ...
     redone eval compare A.json B.json ... [--labels base cpt ...] [--out TABLE.md]
     redone eval table RESULT.json

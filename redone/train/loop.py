@@ -121,6 +121,10 @@ def make_accelerator(config: RunConfig):
     if "wandb" in config.tracking.report_to:
         os.environ.setdefault("WANDB_MODE", config.tracking.wandb_mode)
     precision = resolve_precision(config.train.precision)
+    if precision == "bf16" and not torch.cuda.is_available() and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        # Honoured (autocast still runs), but without oneDNN's bf16 kernels it is slower than fp32: say so.
+        print("[redone] train.precision=bf16 on a CPU without native bf16 support (AVX-512/AMX): autocast is "
+              "emulated and slower than fp32; set train.precision=fp32 on this machine", flush=True)
     return Accelerator(
         gradient_accumulation_steps=config.train.grad_accum,
         mixed_precision="bf16" if precision == "bf16" else "no",
