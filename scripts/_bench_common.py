@@ -235,6 +235,31 @@ def instrument_redone_loop(clock: StepClock) -> None:
     loop.save_final = lambda *args, **kwargs: None
 
 
+def run_redone_stage(stage: str, stage_class, args, model_path: str, sources, extra: dict) -> dict:
+    """One timed redone run with the settings every peer comparison shares (fp32, sdpa, no warm-up,
+    cosine, clipping 1.0, one log at the end); ``extra`` holds the stage's own overrides."""
+    from redone.config import load_config
+    from redone.train.loop import run_training
+
+    clock = StepClock()
+    instrument_redone_loop(clock)
+    out = Path(tempfile.mkdtemp(prefix=f"{stage}-redone-", dir=Path(args.scratch) / "runs")) / "out"
+    listed = ", ".join(f"{{name: {s.name}, path: {s.path}, format: {s.format}}}" for s in sources)
+    overrides = {
+        "output_dir": out, "model.name_or_path": model_path, "model.attn_implementation": "sdpa",
+        "data.seq_len": args.seq_len, "data.mixing": "temperature", "data.temperature": 1.0,
+        "data.sources": f"[{listed}]", "data.cache_dir": Path(args.scratch) / "cache",
+        "train.max_steps": args.steps, "train.micro_batch_size": args.batch, "train.grad_accum": 1,
+        "train.precision": "fp32", "train.threads": args.threads, "train.log_every": args.steps,
+        "train.save_every": args.steps * 10, "train.progress": "false", "optim.lr": args.lr,
+        "optim.warmup_steps": 0, "optim.scheduler": "cosine", "optim.weight_decay": 0.0,
+        "optim.max_grad_norm": 1.0, **extra,
+    }
+    config = load_config(stage, None, [f"{k}={v}" for k, v in overrides.items()])
+    run_training(config, stage_class)
+    return dict(clock.summary(args.warmup), final_loss=last_logged_loss(out))
+
+
 def last_logged_loss(output_dir: Path) -> float:
     lines = [json.loads(line) for line in (output_dir / "train_log.jsonl").read_text().splitlines() if line]
     return float([line for line in lines if "loss" in line][-1]["loss"])

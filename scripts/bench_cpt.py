@@ -46,27 +46,10 @@ def cpt_sources():
 
 
 def run_redone(args, model_path: str, cross_document: bool) -> dict:
-    from redone.config import load_config
     from redone.train.cpt import CPTStage
-    from redone.train.loop import run_training
 
-    clock = common.StepClock()
-    common.instrument_redone_loop(clock)
-    out = Path(tempfile.mkdtemp(prefix="cpt-redone-", dir=Path(args.scratch) / "runs")) / "out"
-    sources = ", ".join(f"{{name: {s.name}, path: {s.path}, format: {s.format}}}" for s in cpt_sources())
-    overrides = {
-        "output_dir": out, "model.name_or_path": model_path, "model.attn_implementation": "sdpa",
-        "data.seq_len": args.seq_len, "data.mixing": "temperature", "data.temperature": 1.0,
-        "data.cross_document_attention": str(cross_document).lower(), "data.sources": f"[{sources}]",
-        "data.cache_dir": Path(args.scratch) / "cache", "train.max_steps": args.steps,
-        "train.micro_batch_size": args.batch, "train.grad_accum": 1, "train.precision": "fp32",
-        "train.threads": args.threads, "train.log_every": args.steps, "train.save_every": args.steps * 10,
-        "train.progress": "false", "optim.lr": args.lr, "optim.warmup_steps": 0, "optim.scheduler": "cosine",
-        "optim.weight_decay": 0.0, "optim.max_grad_norm": 1.0,
-    }
-    config = load_config("cpt", None, [f"{k}={v}" for k, v in overrides.items()])
-    run_training(config, CPTStage)
-    return dict(clock.summary(args.warmup), final_loss=common.last_logged_loss(out))
+    return common.run_redone_stage("cpt", CPTStage, args, model_path, cpt_sources(),
+                                   {"data.cross_document_attention": str(cross_document).lower()})
 
 
 def group_texts_dataset(tokenizer, seq_len: int):

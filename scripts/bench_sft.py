@@ -81,29 +81,11 @@ def default_rows(args, model_path: str) -> int:
 
 
 def run_redone(args, model_path: str, packing: bool) -> dict:
-    from redone.config import load_config
-    from redone.train.loop import run_training
     from redone.train.sft import SFTStage
 
-    clock = common.StepClock()
-    common.instrument_redone_loop(clock)
-    out = Path(tempfile.mkdtemp(prefix="sft-redone-", dir=Path(args.scratch) / "runs")) / "out"
-    sources = ", ".join(f"{{name: {s.name}, path: {s.path}, format: {s.format}}}" for s in sft_sources())
-    overrides = {
-        "output_dir": out, "model.name_or_path": model_path, "model.attn_implementation": "sdpa",
-        "data.seq_len": args.seq_len, "data.mixing": "temperature", "data.temperature": 1.0,
+    return common.run_redone_stage("sft", SFTStage, args, model_path, sft_sources(), {
         "data.overlong": "drop", "data.loss_on": "assistant", "data.prompt_style": "redone",
-        "data.packing": str(packing).lower(), "data.sources": f"[{sources}]",
-        "data.cache_dir": Path(args.scratch) / "cache",
-        "train.max_steps": args.steps, "train.micro_batch_size": args.rows if packing else args.batch,
-        "train.grad_accum": 1, "train.precision": "fp32", "train.threads": args.threads,
-        "train.log_every": args.steps, "train.save_every": args.steps * 10, "train.progress": "false",
-        "optim.lr": args.lr, "optim.warmup_steps": 0, "optim.scheduler": "cosine", "optim.weight_decay": 0.0,
-        "optim.max_grad_norm": 1.0,
-    }
-    config = load_config("sft", None, [f"{k}={v}" for k, v in overrides.items()])
-    run_training(config, SFTStage)
-    return dict(clock.summary(args.warmup), final_loss=common.last_logged_loss(out))
+        "data.packing": str(packing).lower(), "train.micro_batch_size": args.rows if packing else args.batch})
 
 
 def run_trl(args, model_path: str, padding_free: bool) -> dict:
