@@ -54,16 +54,14 @@ def segment_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0
     return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
 
 
-def _segment_mask(*args, attention_mask=None, **kwargs):
+def _segment_mask(batch_size, q_length, kv_length, *args, attention_mask=None, **kwargs):
     """Mask builder for ``sdpa_segments``: none where segment_sdpa works from position ids alone (a full
     forward without padding), else exactly the mask stock sdpa would get."""
     from transformers.masking_utils import sdpa_mask
 
-    q_length = kwargs.get("q_length", args[1] if len(args) > 1 else None)
-    kv_length = kwargs.get("kv_length", args[2] if len(args) > 2 else None)
     if attention_mask is None and q_length == kv_length and q_length != 1:
         return None
-    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
+    return sdpa_mask(batch_size, q_length, kv_length, *args, attention_mask=attention_mask, **kwargs)
 
 
 def register() -> None:

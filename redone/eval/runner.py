@@ -229,9 +229,9 @@ def transbench_items(data_dir: Path, split: str, limit: int | None, subset: str 
     by_direction: dict[str, list[int]] = {}
     for i, item in enumerate(items):
         by_direction.setdefault(direction(item), []).append(i)
-    chosen = sorted(positions[k] for positions in by_direction.values()
+    chosen = sorted((positions[k], name) for name, positions in by_direction.items()
                     for k in subset_indices(len(positions), limit, subset))
-    return [EvalItem("sns-transbench", direction(items[i]), i, transbench_task(items[i]), items[i]) for i in chosen]
+    return [EvalItem("sns-transbench", name, i, transbench_task(items[i]), items[i]) for i, name in chosen]
 
 
 def budget(task: str, cap: int | None) -> int:
