@@ -17,9 +17,7 @@ import os
 import sys
 
 from redone.errors import RedoneError
-
-STAGE_MODULES = {"cpt": ("redone.train.cpt", "CPTStage"), "sft": ("redone.train.sft", "SFTStage"),
-                 "dpo": ("redone.train.dpo", "DPOStage")}
+from redone.stages import STAGE_NAMES
 
 
 def _offline_defaults() -> None:
@@ -29,26 +27,10 @@ def _offline_defaults() -> None:
         os.environ.setdefault(key, value)
 
 
-def stage_class(stage: str):
-    if stage not in STAGE_MODULES:
-        raise NotImplementedError(stage)
-    import importlib
-
-    module, name = STAGE_MODULES[stage]
-    return getattr(importlib.import_module(module), name)
-
-
 def cmd_train(args) -> int:
-    from redone.config import load_config
-    from redone.train.loop import run_training
+    from redone.stages import load_config, run_stage
 
-    config = load_config(args.stage, args.config, args.overrides)
-    try:
-        cls = stage_class(args.stage)
-    except NotImplementedError:
-        print(f"redone: stage '{args.stage}' is not yet implemented", file=sys.stderr)
-        return 2
-    final = run_training(config, cls)
+    final = run_stage(load_config(args.stage, args.config, args.overrides))
     if final is None:
         print(f"[redone] {args.stage} stopped at train.stop_after_steps; rerun to resume")
     else:
@@ -57,7 +39,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_config_show(args) -> int:
-    from redone.config import config_to_yaml, load_config
+    from redone.config import config_to_yaml
+    from redone.stages import load_config
 
     print(config_to_yaml(load_config(args.stage, args.config, args.overrides)), end="")
     return 0
@@ -92,14 +75,9 @@ def cmd_merge_lora(args) -> int:
 
 
 def cmd_data_prepare(args) -> int:
-    from redone.config import load_config
-    from redone.data.prepare import format_stage_report, prepare_stage, report_path, stage_class, write_report
+    from redone.data.prepare import format_stage_report, prepare_stage, report_path, write_report
+    from redone.stages import load_config
 
-    try:
-        stage_class(args.stage)
-    except NotImplementedError:
-        print(f"redone: stage '{args.stage}' is not yet implemented", file=sys.stderr)
-        return 2
     config = load_config(args.stage, args.config, args.overrides)
     report = prepare_stage(args.stage, config)
     path = report_path(config, args.report)
@@ -120,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train one stage")
-    train.add_argument("--stage", required=True, choices=["cpt", "sft", "dpo"])
+    train.add_argument("--stage", required=True, choices=STAGE_NAMES)
     train.add_argument("--config", required=True)
     train.add_argument("overrides", nargs="*", help="key=value config overrides")
     train.set_defaults(func=cmd_train)
@@ -128,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="inspect configs")
     config_sub = config.add_subparsers(dest="config_cmd", required=True)
     show = config_sub.add_parser("show", help="print the resolved config")
-    show.add_argument("--stage", required=True, choices=["cpt", "sft", "dpo"])
+    show.add_argument("--stage", required=True, choices=STAGE_NAMES)
     show.add_argument("--config", default=None)
     show.add_argument("overrides", nargs="*")
     show.set_defaults(func=cmd_config_show)
@@ -145,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_cmd", required=True)
     data_prepare = data_sub.add_parser(
         "prepare", help="run a stage's data path (curate, tokenize, cache) and report what it would train on")
-    data_prepare.add_argument("--stage", required=True, choices=["cpt", "sft", "dpo"])
+    data_prepare.add_argument("--stage", required=True, choices=STAGE_NAMES)
     data_prepare.add_argument("--config", required=True)
     data_prepare.add_argument("--report", default=None,
                               help="JSON report path (default: <output_dir>.data_report.json, beside output_dir)")

@@ -29,15 +29,15 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 
 from redone.config.load import (
-    build_config,
     check_unknown_keys,
     config_to_dict,
     parse_overrides,
     read_yaml_with_defaults,
     result_hash,
 )
-from redone.config.schema import STAGES, ModelSection, TrackingSection
+from redone.config.schema import ModelSection, TrackingSection
 from redone.errors import ConfigError
+from redone.stages import STAGE_NAMES, build_config, run_stage
 from redone.train import checkpoint as ckpt
 
 SHARED_KEYS = ("seed", "model", "tracking")
@@ -65,7 +65,7 @@ class EvalSection:
 class PipelineConfig:
     output_root: str = "runs/pipeline"
     seed: int = 0
-    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    stages: list[str] = field(default_factory=lambda: ["cpt", "sft", "dpo"])
     # Delete a stage's step checkpoints once its final/ is written: resume only needs them while the
     # stage is unfinished, and each one holds the weights plus two Adam moments (3x the model).
     prune_checkpoints: bool = False
@@ -87,8 +87,8 @@ def load_pipeline(path: str | Path | None, overrides=()) -> tuple[dict, Pipeline
     except Exception as err:  # OmegaConf type errors name the key in their message
         raise ConfigError(f"{getattr(err, 'full_key', '?')}: {str(err).splitlines()[0]} ({path})") from None
     for stage in top.stages:
-        if stage not in STAGES:
-            raise ConfigError(f"stages: '{stage}' is not one of {', '.join(STAGES)}")
+        if stage not in STAGE_NAMES:
+            raise ConfigError(f"stages: '{stage}' is not one of {', '.join(STAGE_NAMES)}")
     if top.eval.enabled:
         check_eval_section(top, plain, path)
     return plain, top
@@ -178,9 +178,7 @@ def dry_run(path: str | Path | None, overrides=(), log=print) -> list:
 
 def run_pipeline(path: str | Path | None, overrides=(), start: str | None = None, only: str | None = None,
                  log=print) -> dict:
-    from redone.cli import stage_class
     from redone.model import fingerprint_model_dir, resolve_model
-    from redone.train.loop import run_training
 
     plain, top = load_pipeline(path, overrides)
     root = Path(top.output_root)
@@ -213,7 +211,7 @@ def run_pipeline(path: str | Path | None, overrides=(), start: str | None = None
                 log(f"[pipeline]   removing stale {config.output_dir} (config or parent weights changed)")
                 shutil.rmtree(config.output_dir)
             t0 = time.perf_counter()
-            final = run_training(config, stage_class(stage))
+            final = run_stage(config)
             record["stages"][stage] = {"status": status, "seconds": round(time.perf_counter() - t0, 1)}
             if final is None:  # train.stop_after_steps: the next stages need this one's final/
                 log(f"[pipeline] {stage}: stopped early at train.stop_after_steps; rerun to resume it")

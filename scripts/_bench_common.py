@@ -238,7 +238,7 @@ def instrument_redone_loop(clock: StepClock) -> None:
 def run_redone_stage(stage: str, stage_class, args, model_path: str, sources, extra: dict) -> dict:
     """One timed redone run with the settings every peer comparison shares (fp32, sdpa, no warm-up,
     cosine, clipping 1.0, one log at the end); ``extra`` holds the stage's own overrides."""
-    from redone.config import load_config
+    from redone.stages import load_config
     from redone.train.loop import run_training
 
     clock = StepClock()

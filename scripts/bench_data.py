@@ -88,9 +88,9 @@ def build_corpus(case: str, mb: float, scratch: Path) -> Path:
 
 
 def run_prepare(args) -> dict:
-    from redone.config import load_config
     from redone.data.prepare import prepare_cpt
     from redone.model import load_tokenizer
+    from redone.stages import load_config
 
     case, procs = args.worker.rsplit("-", 1)
     folder = build_corpus(case, args.mb, Path(args.scratch))

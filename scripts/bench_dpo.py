@@ -101,7 +101,7 @@ def write_pairs(path: Path, tokenizer, n: int, seq_len: int, seed: int) -> int:
 def run_redone(args, work: Path, warm: bool) -> dict:
     import torch
 
-    from redone.config import load_config
+    from redone.stages import load_config
     from redone.train.dpo import DPOStage
     from redone.train.loop import run_training
 

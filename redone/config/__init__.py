@@ -1,7 +1,8 @@
-"""Config: typed schema (schema.py), YAML + overrides loading (load.py), cross-field checks (validate.py)."""
+"""Config: typed schema (schema.py), YAML + overrides loading (load.py), cross-field checks (validate.py).
 
-from redone.config.load import build_config, config_hash, config_to_dict, config_to_yaml, load_config
-from redone.config.schema import STAGE_CONFIGS, STAGES, RunConfig
+Which schema belongs to which stage name is the stage registry's business (``redone.stages``)."""
 
-__all__ = ["RunConfig", "STAGES", "STAGE_CONFIGS", "build_config", "config_hash", "config_to_dict",
-           "config_to_yaml", "load_config"]
+from redone.config.load import build_config, config_hash, config_to_dict, config_to_yaml
+from redone.config.schema import RunConfig
+
+__all__ = ["RunConfig", "build_config", "config_hash", "config_to_dict", "config_to_yaml"]

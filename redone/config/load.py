@@ -17,28 +17,24 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from redone.config.schema import STAGE_CONFIGS, STAGES, RunConfig
+from redone.config.schema import RunConfig
 from redone.config.validate import validate
 from redone.errors import ConfigError
 
 
-def load_config(stage: str, path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    if stage not in STAGES:
-        raise ConfigError(f"stage: '{stage}' is not one of {', '.join(STAGES)}")
-    raw = read_yaml_with_defaults(Path(path)) if path else OmegaConf.create({})
-    return build_config(stage, raw, overrides, origin=str(path or "<overrides>"))
+def build_config(schema_cls: type[RunConfig], raw: DictConfig, overrides=(), origin: str = "<config>") -> RunConfig:
+    """Turn a raw (already merged) DictConfig into a validated stage dataclass of ``schema_cls``.
 
-
-def build_config(stage: str, raw: DictConfig, overrides=(), origin: str = "<config>") -> RunConfig:
-    """Turn a raw (already merged) DictConfig into a validated stage dataclass."""
+    Stage names map to schema classes in ``redone.stages`` (the one registry); this module only knows
+    the schema class it is given."""
+    stage = schema_cls.stage
     raw = OmegaConf.merge(raw, parse_overrides(overrides))
     if "stage" in raw and raw.stage != stage:
         raise ConfigError(f"stage: {origin} is a '{raw.stage}' config, but --stage {stage} was given")
     raw.stage = stage
-    schema_cls = STAGE_CONFIGS[stage]
     check_unknown_keys(OmegaConf.to_container(raw, resolve=False), schema_cls, prefix="")
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema_cls), raw)
@@ -152,9 +148,3 @@ def result_hash(config: RunConfig) -> str:
     data = config_to_dict(config)
     data["train"] = {k: v for k, v in data["train"].items() if k not in RUN_CONTROL_KEYS}
     return config_hash(data)
-
-
-def to_plain(node: Any) -> Any:
-    if isinstance(node, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(node, resolve=True)
-    return node

@@ -11,8 +11,6 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-STAGES = ("cpt", "sft", "dpo")
-
 
 @dataclass
 class LoraSection:
@@ -219,18 +217,19 @@ class RunConfig:
 
 @dataclass
 class CPTConfig(RunConfig):
+    stage: str = "cpt"
     data: CPTData = field(default_factory=CPTData)
 
 
 @dataclass
 class SFTConfig(RunConfig):
+    stage: str = "sft"
     data: SFTData = field(default_factory=SFTData)
 
 
 @dataclass
 class DPOConfig(RunConfig):
+    stage: str = "dpo"
     data: DPOData = field(default_factory=DPOData)
     dpo: DPOSection = field(default_factory=DPOSection)
 
-
-STAGE_CONFIGS = {"cpt": CPTConfig, "sft": SFTConfig, "dpo": DPOConfig}

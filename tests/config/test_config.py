@@ -1,7 +1,8 @@
 import pytest
 
-from redone.config import config_hash, load_config
+from redone.config import config_hash
 from redone.errors import ConfigError
+from redone.stages import load_config
 
 BASE = ["output_dir=/tmp/x", "data.sources=[{path: a.txt}]"]
 

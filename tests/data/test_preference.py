@@ -7,7 +7,6 @@ import random
 
 import pytest
 
-from redone.config import load_config
 from redone.data import sns_tasks
 from redone.data.preference import (
     BadPair,
@@ -22,6 +21,7 @@ from redone.data.preference import (
     wrong_answers,
 )
 from redone.errors import DataError
+from redone.stages import load_config
 from tests.conftest import DATA
 
 HH_TEST = DATA / "preference" / "hh_rlhf_harmless_test.jsonl"

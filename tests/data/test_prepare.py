@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from redone.config import load_config, schema
+from redone.config import schema
 from redone.data import prepare, quality
 from redone.errors import ConfigError
 from redone.model import load_tokenizer
+from redone.stages import load_config
 from tests.conftest import DATA, REPO
 
 # Eval items: 20+ words each, so each contributes 13-grams to the index.

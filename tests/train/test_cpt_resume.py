@@ -6,8 +6,8 @@ import shutil
 import pytest
 from safetensors.torch import load_file
 
-from redone.config import load_config
 from redone.errors import RedoneError
+from redone.stages import load_config
 from redone.train.cpt import CPTStage
 from redone.train.loop import run_training
 from tests.conftest import cpt_overrides

@@ -29,7 +29,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from redone.config import load_config
+from redone.stages import load_config
 from redone.train.cpt import CPTStage
 from redone.train.loop import run_training
 from tests.conftest import REPO, cpt_overrides

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from redone.cli import main as cli_main
-from redone.config import load_config
 from redone.data.preference import pair_from_record
 from redone.model import load_model, load_tokenizer, make_tiny_model, training_attention
+from redone.stages import load_config
 from redone.train import ref_cache
 from redone.train.dpo import DPOStage, compute_reference, segment_logps
 from redone.train.loop import run_training

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from redone.cli import main as cli_main
-from redone.config import load_config
+from redone.stages import load_config
 from redone.train.cpt import CPTStage
 from redone.train.loop import run_training
 from tests.conftest import DATA, cpt_overrides

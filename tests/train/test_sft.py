@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from redone.config import load_config
 from redone.errors import DataError
+from redone.stages import load_config
 from redone.train.base import held_out_losses
 from redone.train.loop import run_training
 from redone.train.sft import SFTStage
