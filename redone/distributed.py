@@ -40,6 +40,8 @@ import copy
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
+import torch
+
 from redone.errors import ConfigError
 
 AUTO = "auto"
@@ -52,6 +54,13 @@ ADD_IF_MISSING = STRICT_KEYS + (GATHER_KEY,)
 
 # Keeps the filled HfDeepSpeedConfig alive: transformers only holds a weak reference to it.
 _LIVE_HF_DS_CONFIG: list[Any] = []
+
+
+def resolve_precision(requested: str) -> str:
+    """``train.precision: auto`` -> bf16 where the GPU supports it, else fp32; explicit values pass."""
+    if requested == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    return requested
 
 
 def deepspeed_plugin(accelerator):
@@ -149,7 +158,6 @@ def configure_deepspeed(accelerator, config) -> None:
     from transformers import AutoConfig
 
     from redone.model import resolve_model
-    from redone.train.loop import resolve_precision
 
     plugin = deepspeed_plugin(accelerator)
     if plugin is None:

@@ -255,3 +255,26 @@ def apply_liger_kernels(model) -> None:
     from liger_kernel.transformers import _apply_liger_kernel_to_instance
 
     _apply_liger_kernel_to_instance(model=model, cross_entropy=False, fused_linear_cross_entropy=False)
+
+
+def freeze_bottom(model, layers: int) -> None:
+    """Freeze the input embeddings and the first ``layers`` decoder layers (tied LM head included)."""
+    decoder = model.get_decoder()
+    blocks = getattr(decoder, "layers", None)
+    if blocks is None or layers > len(blocks):
+        raise RedoneError(f"model.freeze_bottom_layers: {layers} exceeds the model's "
+                          f"{len(blocks) if blocks is not None else 0} decoder layers")
+    model.get_input_embeddings().requires_grad_(False)
+    for block in list(blocks)[:layers]:
+        block.requires_grad_(False)
+
+
+def apply_lora(model, lora):
+    from peft import LoraConfig, get_peft_model
+
+    peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                             target_modules=list(lora.target_modules),
+                             modules_to_save=list(lora.modules_to_save) or None, task_type="CAUSAL_LM")
+    if getattr(model, "is_gradient_checkpointing", False):
+        model.enable_input_require_grads()
+    return get_peft_model(model, peft_config)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
 
 from redone.config.schema import SourceSection
 from redone.errors import DataError
@@ -195,7 +194,3 @@ def source_digest(source: SourceSection) -> str:
     if Path(source.path).exists():
         return file_digest(source.path)
     return f"hub:{source.path}:{source.split}"
-
-
-def strip_private(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if not k.startswith("_")}

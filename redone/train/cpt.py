@@ -17,8 +17,6 @@ Errors: ``DataError`` for unreadable/malformed/empty sources (file:line), ``Conf
 
 from __future__ import annotations
 
-import numpy as np
-
 from redone.config.schema import CPTConfig
 from redone.data.mixture import MixtureSampler, mixture_probs
 from redone.data.packing import DocumentPacker
@@ -45,7 +43,3 @@ class CPTStage(Stage):
 
     def loss(self, model, batch: dict) -> LossOutput:
         return token_ce_loss(model, batch, self.source_names)
-
-
-def realised_shares(stage: CPTStage) -> list[float]:
-    return list(np.round(stage.packer.sampler.shares(), 4))

@@ -181,7 +181,7 @@ class DPOStage(Stage):
     def _prepare_reference(self, model) -> None:
         from accelerate import PartialState
 
-        from redone.distributed import zero3_init_disabled
+        from redone.distributed import resolve_precision, zero3_init_disabled
         from redone.model import (
             fingerprint_model_dir,
             fingerprint_state_dict,
@@ -189,7 +189,6 @@ class DPOStage(Stage):
             resolve_model,
             training_attention,
         )
-        from redone.train.loop import resolve_precision
 
         config, started = self.config, time.perf_counter()
         ref_name = config.dpo.reference_model

@@ -20,7 +20,6 @@ data order changed (unless ``train.force_resume``) raise ``RedoneError``.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -32,13 +31,23 @@ from redone import __version__
 from redone.card import write_model_card
 from redone.config.load import config_hash, config_to_dict, config_to_yaml, result_hash
 from redone.config.schema import RunConfig
-from redone.distributed import configure_deepspeed, end_run
+from redone.distributed import (
+    configure_deepspeed,
+    end_run,
+    is_partitioned,
+    is_zero3,
+    resolve_precision,
+    zero3_init_disabled,
+)
 from redone.errors import RedoneError
 from redone.model import (
     apply_liger_kernels,
+    apply_lora,
     fingerprint_state_dict,
+    freeze_bottom,
     load_model,
     load_tokenizer,
+    merge_lora_adapter,
     resolve_model,
     training_attention,
 )
@@ -94,10 +103,7 @@ def weights_fingerprint(model, accelerator) -> str | None:
 
     Skipped under ZeRO-3, where no process holds whole parameters before training.
     """
-    from accelerate.utils import DistributedType
-
-    if accelerator.distributed_type == DistributedType.DEEPSPEED and \
-            accelerator.state.deepspeed_plugin.zero_stage == 3:
+    if is_zero3(accelerator):
         return None
     return fingerprint_state_dict(model.state_dict())
 
@@ -136,12 +142,6 @@ def make_accelerator(config: RunConfig):
     )
 
 
-def resolve_precision(requested: str) -> str:
-    if requested == "auto":
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-    return requested
-
-
 def build_model(config: RunConfig, accelerator):
     # DeepSpeed: fill the config's "auto" values; ZeRO-3: arm zero.Init so each rank loads only its shard.
     configure_deepspeed(accelerator, config)
@@ -160,29 +160,6 @@ def build_model(config: RunConfig, accelerator):
     return model
 
 
-def freeze_bottom(model, layers: int) -> None:
-    """Freeze the input embeddings and the first ``layers`` decoder layers (tied LM head included)."""
-    decoder = model.get_decoder()
-    blocks = getattr(decoder, "layers", None)
-    if blocks is None or layers > len(blocks):
-        raise RedoneError(f"model.freeze_bottom_layers: {layers} exceeds the model's "
-                          f"{len(blocks) if blocks is not None else 0} decoder layers")
-    model.get_input_embeddings().requires_grad_(False)
-    for block in list(blocks)[:layers]:
-        block.requires_grad_(False)
-
-
-def apply_lora(model, lora):
-    from peft import LoraConfig, get_peft_model
-
-    peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                             target_modules=list(lora.target_modules),
-                             modules_to_save=list(lora.modules_to_save) or None, task_type="CAUSAL_LM")
-    if getattr(model, "is_gradient_checkpointing", False):
-        model.enable_input_require_grads()
-    return get_peft_model(model, peft_config)
-
-
 def save_adapter_and_merge(config: RunConfig, peft_model, state_dict: dict, adapter_dir: Path):
     """LoRA at the end of a run (main process): write the adapter, return the merged model + state dict.
 
@@ -190,9 +167,6 @@ def save_adapter_and_merge(config: RunConfig, peft_model, state_dict: dict, adap
     so the merge reloads the base whole (zero.Init off) and applies the saved adapter -- the same path
     as ``redone model merge-lora``; otherwise peft merges in place.
     """
-    from redone.distributed import is_partitioned, zero3_init_disabled
-    from redone.model import merge_lora_adapter
-
     peft_model.save_pretrained(adapter_dir, state_dict=state_dict)
     if is_partitioned(peft_model):
         with zero3_init_disabled():
@@ -451,6 +425,3 @@ def build_lineage(config, stage, state, state_dict) -> dict:
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
-
-def perplexity(loss: float) -> float:
-    return math.exp(min(loss, 50.0))

@@ -39,8 +39,7 @@ def lora_run(tiny_model_dir, tmp_path_factory):
 
 
 def test_only_adapter_params_train(tiny_model_dir, lora_run):
-    from redone.model import load_model
-    from redone.train.loop import apply_lora
+    from redone.model import apply_lora, load_model
 
     config = load_config("cpt", None, cpt_overrides(tiny_model_dir, "/tmp/unused", "/tmp/unused", 4, **LORA))
     model = apply_lora(load_model(str(tiny_model_dir)), config.model.lora)
