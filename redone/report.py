@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from redone.eval.report_table import compare_markdown
-from redone.eval.scoring import TASKS
+from redone.sns.scoring import TASKS
 
 
 def eval_options(top, plain: dict) -> dict:

@@ -1,7 +1,7 @@
 """Sources -> chat examples, grouped into mixture components (one per task, or one per general source).
 
 - ``sns_bench`` (a folder of Note-*.json, optionally filtered by ``tasks``): one component per task file,
-  examples from the shared prompt builder (``redone.data.sns_tasks``) with the gold answer.
+  examples from the shared prompt builder (``redone.sns.tasks``) with the gold answer.
 - ``transbench`` (a JSON file): one component per direction (TransBench-zh2en, TransBench-en2zh).
 - general chat (``chat``/``jsonl``/``json``: ``messages`` lists, instruction/input/output records,
   self-instruct seed tasks) and ``hh_rlhf`` dialogues: one component named after the source.
@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from redone.config.schema import SourceSection
-from redone.data import sns_tasks
+from redone.data import records
 from redone.data.sources import detect_format, read_records, source_name
 from redone.errors import DataError
+from redone.sns import tasks as sns_tasks
 
 
 @dataclass
@@ -70,12 +71,12 @@ def chat_component(source: SourceSection, index: int, fmt: str) -> Component:
     component = Component(source_name(source), index)
     for i, record in enumerate(read_records(source)):
         if fmt == "hh_rlhf":
-            messages = sns_tasks.parse_hh_dialogue(record.get("chosen", ""), f"{source.path}:{i}")
+            messages = records.parse_hh_dialogue(record.get("chosen", ""), f"{source.path}:{i}")
             if any(not m["content"].strip() for m in messages):
                 component.skipped += 1
                 continue
         else:
-            messages = sns_tasks.messages_from_record(
+            messages = records.messages_from_record(
                 {k: v for k, v in record.items() if k != "_line"}, source.path, i)
         component.examples.append({"messages": messages, "item": record})
     if not component.examples:

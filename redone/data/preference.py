@@ -43,12 +43,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from redone.config.schema import SourceSection
-from redone.data import sns_tasks
+from redone.data import records
 from redone.data.chat import MIN_KEPT_USER_TOKENS, last_user_span, render
 from redone.data.examples import sns_bench_files
 from redone.data.packing import TokenStore
 from redone.data.sources import detect_format, read_records, source_name
 from redone.errors import DataError
+from redone.sns import tasks as sns_tasks
 
 Message = dict[str, str]
 ROLES = ("system", "user", "assistant")
@@ -119,8 +120,8 @@ def pair_from_record(record: dict, where: str) -> Pair:
     chosen, rejected, prompt = record["chosen"], record["rejected"], record.get("prompt")
     if prompt is None:
         if _is_hh(chosen) and _is_hh(rejected):
-            chosen = sns_tasks.parse_hh_dialogue(chosen, f"{where}: field 'chosen'")
-            rejected = sns_tasks.parse_hh_dialogue(rejected, f"{where}: field 'rejected'")
+            chosen = records.parse_hh_dialogue(chosen, f"{where}: field 'chosen'")
+            rejected = records.parse_hh_dialogue(rejected, f"{where}: field 'rejected'")
         elif isinstance(chosen, str) or isinstance(rejected, str):
             raise BadPair("malformed", f"{where}: missing field 'prompt' (chosen/rejected are plain strings, "
                                        "not HH-RLHF dialogues or message lists)")
@@ -291,10 +292,10 @@ def wrong_answers(task: str, item: dict, gold: str, rng: random.Random, other_go
 def task_score(task: str, item: dict, prediction: str) -> float:
     """The benchmark metric of one prediction on one item (the file metric with n = 1)."""
     if task.startswith("TransBench-"):
-        from redone.eval.transbench import score_transbench
+        from redone.sns.transbench import score_transbench
 
         return float(score_transbench([prediction], [item])["average"])
-    from redone.eval.scoring import score_file
+    from redone.sns.scoring import score_file
 
     return float(score_file(sns_tasks.get_task(task).scoring_file, [prediction], [item])["score"])
 

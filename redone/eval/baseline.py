@@ -23,8 +23,8 @@ import re
 from collections import Counter
 
 from redone.errors import RedoneError
-from redone.eval import transbench
-from redone.eval.scoring import _check_file, _split_candidates
+from redone.sns import transbench
+from redone.sns.scoring import _check_file, _split_candidates
 
 _EMPTY_TITLES = {"", "empty", "nan", "none", "null"}
 # The QueryGen content is a "field: value, \n" listing whose wording varies ("Note Title:",

@@ -126,7 +126,7 @@ def chat_perplexity(model, tokenizer, dialogues: list[list[dict]], *, max_tokens
 
 def hh_dialogues(path: str | Path) -> list[list[dict]]:
     """The "chosen" dialogues of an HH-RLHF JSONL file as chat messages."""
-    from redone.data.sns_tasks import parse_hh_dialogue
+    from redone.data.records import parse_hh_dialogue
 
     path = Path(path)
     if not path.is_file():

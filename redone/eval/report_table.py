@@ -18,7 +18,7 @@ no errors of its own beyond ``RedoneError`` for an empty result list or mismatch
 from __future__ import annotations
 
 from redone.errors import RedoneError
-from redone.eval.scoring import TASKS
+from redone.sns.scoring import TASKS
 
 COMPARED_SETTINGS = ("split", "limit", "subset", "prompt_style", "max_prompt_chars", "scoring_mode", "max_new_tokens_cap",
                      "dtype", "querygen_mode")

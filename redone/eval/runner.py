@@ -8,7 +8,7 @@ Features
   ``redone.eval.scoring``, aggregated to 8 tasks + average), ``sns-transbench`` (both directions of
   ``<data>/sns_transbench/<split>.json``, BLEU + chrF++), ``general-ppl`` (``redone.eval.perplexity``)
   and ``lm-eval`` (lm-evaluation-harness tasks, only where it is installed).
-- Prompts come from ``redone.data.sns_tasks.prompt_messages`` -- the builder SFT trains with -- in the
+- Prompts come from ``redone.sns.tasks.prompt_messages`` -- the builder SFT trains with -- in the
   "redone" or "official" style, long note fields clipped by ``sns_tasks.clip_item`` when
   ``max_prompt_chars`` is set (pass SFT's ``data.max_prompt_chars``). Greedy decoding (``redone.eval.generate``) with each task's token
   budget, capped by ``max_new_tokens_cap`` (default 256; translation and MRC budgets are far larger, so
@@ -108,8 +108,8 @@ class EvalOptions:
         return tuple(dict.fromkeys(benches))  # de-duplicated, order kept
 
     def validate(self) -> None:
-        from redone.data.sns_tasks import STYLES
-        from redone.eval.scoring import SNS_FILES
+        from redone.sns.scoring import SNS_FILES
+        from redone.sns.tasks import STYLES
 
         self.resolved_benches()
         _check_choice("prompt_style", self.prompt_style, STYLES)
@@ -195,8 +195,8 @@ def subset_indices(n: int, limit: int | None, subset: str = "first") -> list[int
 def sns_bench_items(data_dir: Path, split: str, files, limit: int | None,
                     subset: str = "first") -> dict[str, list[EvalItem]]:
     """``limit`` items (``subset_indices``) of each SNS-Bench file present, by file stem."""
-    from redone.data.sns_tasks import load_items
-    from redone.eval.scoring import SNS_FILES
+    from redone.sns.scoring import SNS_FILES
+    from redone.sns.tasks import load_items
 
     folder = data_dir / "sns_bench" / split
     if not folder.is_dir():
@@ -219,8 +219,8 @@ def sns_bench_items(data_dir: Path, split: str, files, limit: int | None,
 
 def transbench_items(data_dir: Path, split: str, limit: int | None, subset: str = "first") -> list[EvalItem]:
     """``limit`` items (``subset_indices``) of each direction of the TransBench file, in file order."""
-    from redone.data.sns_tasks import load_items, transbench_task
-    from redone.eval.transbench import direction
+    from redone.sns.tasks import load_items, transbench_task
+    from redone.sns.transbench import direction
 
     path = data_dir / "sns_transbench" / f"{split}.json"
     if not path.is_file():
@@ -235,7 +235,7 @@ def transbench_items(data_dir: Path, split: str, limit: int | None, subset: str 
 
 
 def budget(task: str, cap: int | None) -> int:
-    from redone.data.sns_tasks import get_task
+    from redone.sns.tasks import get_task
 
     full = get_task(task).max_new_tokens
     return min(full, cap) if cap else full
@@ -271,8 +271,8 @@ class Predictor:
 
     def predict(self, items: list[EvalItem]) -> tuple[dict, dict]:
         """(stored prediction by item key, generation stats)."""
-        from redone.data.sns_tasks import clip_item, prompt_messages
         from redone.eval.generate import Job, Request, generate_resumable, prompt_sha, render_prompt
+        from redone.sns.tasks import clip_item, prompt_messages
 
         jobs = []
         for it in items:
@@ -323,7 +323,7 @@ def predictions_path(out: str | None) -> Path | None:
 def score_sns_bench(by_file: dict[str, list[EvalItem]], predictions: dict[str, list[str]],
                     hits: dict[str, int], options: EvalOptions, train_dir: Path, embedder) -> dict:
     """Per-file results, tasks and average in the chosen mode; the other mode's; the skill-free row."""
-    from redone.eval.scoring import aggregate, score_file
+    from redone.sns.scoring import aggregate, score_file
 
     def score_all(preds: dict[str, list[str]], bug_compatible: bool) -> dict[str, dict]:
         return {file: score_file(file, preds[file], [it.item for it in items], bug_compatible=bug_compatible,
@@ -345,7 +345,7 @@ def score_sns_bench(by_file: dict[str, list[EvalItem]], predictions: dict[str, l
 
 def skill_free_sns(by_file: dict[str, list[EvalItem]], options: EvalOptions, train_dir: Path, embedder) -> dict:
     """The skill-free baseline scored on the same items and in the same mode."""
-    from redone.eval.scoring import aggregate, score_file
+    from redone.sns.scoring import aggregate, score_file
 
     files = {}
     for file, items in by_file.items():
@@ -357,8 +357,8 @@ def skill_free_sns(by_file: dict[str, list[EvalItem]], options: EvalOptions, tra
 
 
 def skill_free_sns_predictions(file: str, items: list[dict], train_dir: Path) -> list[str]:
-    from redone.data.sns_tasks import load_items
     from redone.eval.baseline import skill_free_predictions
+    from redone.sns.tasks import load_items
 
     train_path = train_dir / f"{file}.json"
     # Only the majority-label files read training answers; the others need no train file.
@@ -369,7 +369,7 @@ def skill_free_sns_predictions(file: str, items: list[dict], train_dir: Path) ->
 def score_transbench_section(items: list[EvalItem], predictions: list[str], hits: Counter,
                              options: EvalOptions) -> dict:
     from redone.eval.baseline import skill_free_transbench
-    from redone.eval.transbench import score_transbench
+    from redone.sns.transbench import score_transbench
 
     raw = [it.item for it in items]
     section = score_transbench(predictions, raw)

@@ -3,7 +3,7 @@
 Features
 - Sources: SNS-Bench task folders (one mixture component per task file), SNS-TransBench (one per
   direction), general chat (``messages``, instruction/output, self-instruct, HH-RLHF "chosen"
-  dialogues). Prompts come from the same builder evaluation uses (``redone.data.sns_tasks``).
+  dialogues). Prompts come from the same builder evaluation uses (``redone.sns.tasks``).
 - The tokenizer's chat template; loss on assistant tokens only (``data.loss_on: all`` for every token);
   multi-turn conversations; over-long examples truncated in the middle of the last user turn, dropped,
   or refused (``data.overlong``), all counted.

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from redone.data import sns_tasks
+from redone.data import records
 from redone.data.preference import (
     BadPair,
     Pair,
@@ -21,6 +21,7 @@ from redone.data.preference import (
     wrong_answers,
 )
 from redone.errors import DataError
+from redone.sns import tasks as sns_tasks
 from redone.stages import load_config
 from tests.conftest import DATA
 
@@ -40,8 +41,8 @@ def write_jsonl(path, records):
 def test_hh_rlhf_prompt_is_the_shared_prefix():
     record = json.loads(HH_TEST.read_text().splitlines()[0])
     pair = pair_from_record(record, "hh:1")
-    chosen = sns_tasks.parse_hh_dialogue(record["chosen"])
-    rejected = sns_tasks.parse_hh_dialogue(record["rejected"])
+    chosen = records.parse_hh_dialogue(record["chosen"])
+    rejected = records.parse_hh_dialogue(record["rejected"])
     assert pair.prompt == chosen[:-1] == rejected[:-1]
     assert pair.prompt[-1]["role"] == "user"
     assert pair.chosen == chosen[-1:] and pair.rejected == rejected[-1:]

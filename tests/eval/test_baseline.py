@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from redone.eval import scoring
 from redone.eval.baseline import skill_free_predictions, skill_free_transbench
-from redone.eval.scoring import SNS_FILES, aggregate, score_file
-from redone.eval.transbench import score_transbench
+from redone.sns import scoring
+from redone.sns.scoring import SNS_FILES, aggregate, score_file
+from redone.sns.transbench import score_transbench
 from tests.conftest import DATA
 
 

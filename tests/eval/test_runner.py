@@ -13,7 +13,7 @@ from redone.eval import runner
 from redone.eval.baseline import skill_free_predictions
 from redone.eval.report_table import compare_markdown
 from redone.eval.runner import EvalOptions, evaluate, load_result
-from redone.eval.scoring import SNS_FILES, TASKS, aggregate, score_file
+from redone.sns.scoring import SNS_FILES, TASKS, aggregate, score_file
 from tests.conftest import DATA
 
 FAST = ["--max-new-tokens-cap", "8", "--ppl-max-tokens", "48", "--ppl-context", "256", "--no-progress"]

@@ -222,7 +222,7 @@ def test_reward_accuracy_on_held_out_pairs_rises(tiny_model_dir, tmp_path):
     # Real task prompts with the builder's "malformed protocol" rejection (a chatty sentence instead of
     # the bare label): a pattern a 2-layer model can learn in a few steps and must generalise to
     # held-out items to score.
-    from redone.data import sns_tasks
+    from redone.sns import tasks as sns_tasks
 
     task = "Note-Hashtag-single"
     items = sns_tasks.load_items(DATA / "sns_bench" / "train" / f"{task}.json")[:96]

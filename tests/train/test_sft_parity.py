@@ -12,9 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from redone.data import sns_tasks
 from redone.data.chat import encode_chat
 from redone.data.packing import IGNORE, TokenStore, collate, pack_in_order
+from redone.sns import tasks as sns_tasks
 from redone.train.base import token_ce_loss
 from tests.conftest import DATA
 

@@ -11,22 +11,19 @@ Features
   135M model on; training cost is per token). "official": task definitions close to the official
   SNS-Bench ones with 2-3 short worked examples in the system turn (to compare off-the-shelf models).
 - Gold answers in exactly the scored output protocol: SNS-Bench golds come from
-  ``redone.eval.scoring.gold_text`` so the scorer and the SFT targets share one definition.
+  ``redone.sns.scoring.gold_text`` so the scorer and the SFT targets share one definition.
 - Items whose ``content`` already embeds an instruction (Note-CHLW ends with "... Your output is:") are
   split into their fields for the "redone" style, so the instruction is not said twice.
 - User tasks: ``register_task(Task(...))`` with a function that builds the user turn, or
   ``register_yaml_task(path)`` from a YAML template (name, family, system, user, answer_field,
   max_new_tokens; ``user`` is a ``str.format`` template over item fields).
 - ``load_items`` reads an SNS-Bench or SNS-TransBench JSON file and validates every record.
-- General chat records -> messages (``messages_from_record``): ``{"messages": [...]}``,
-  ``{"instruction", "input", "output"}``, self-instruct seed tasks (``instruction`` + ``instances[0]``)
-  and HH-RLHF "\\n\\nHuman: ... \\n\\nAssistant: ..." dialogues (``parse_hh_dialogue``).
 
 Errors raised
 - ``RedoneError``: unknown task or style (with a did-you-mean), duplicate registration, a task without
   an "official" prompt, a malformed YAML task file.
 - ``DataError``: unreadable file, a record that is not an object, a missing or mistyped field, an
-  unknown TransBench direction, a malformed chat record. Messages name ``file:index`` (index = 0-based
+  unknown TransBench direction. Messages name ``file:index`` (index = 0-based
   position of the record in the file) or the task, in one line.
 """
 
@@ -58,7 +55,7 @@ class Task:
     ``user`` builds the redone-style user turn from an item; ``official_user`` the official-style one
     (None: the task has only the redone style). ``fields`` are the item fields the prompt reads; the
     gold answer is ``item[answer_field]`` unless ``scoring_file`` names an SNS-Bench file, in which case
-    ``redone.eval.scoring.gold_text`` renders it in the scored protocol.
+    ``redone.sns.scoring.gold_text`` renders it in the scored protocol.
     """
 
     name: str
@@ -191,7 +188,7 @@ def _scored_gold(t: Task, item: dict, where: str) -> str:
     _check_answer_type(t, item, where)
     if t.scoring_file is not None:
         # Imported here: scoring pulls in metric libraries that prompt building never needs.
-        from redone.eval.scoring import gold_text
+        from redone.sns.scoring import gold_text
 
         return gold_text(t.scoring_file, item)
     # Surrounding whitespace is noise (some TransBench targets end in blank lines): never a target.
@@ -889,102 +886,3 @@ for _task in _BUILTIN:
     register_task(_task)
 SNS_BENCH_TASKS = tuple(t.name for t in _BUILTIN if t.scoring_file)  # the 12 SNS-Bench files
 TRANSBENCH_TASKS = tuple(t.name for t in _BUILTIN if t.family == "Translation")
-
-
-# ---------------------------------------------------------------- general chat records
-
-_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
-_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
-_CHAT_ROLES = ("system", "user", "assistant")
-
-
-def parse_hh_dialogue(text: str, where: str = "HH-RLHF dialogue") -> list[Message]:
-    """Split "\\n\\nHuman: ... \\n\\nAssistant: ..." into alternating user/assistant messages.
-
-    Consecutive turns of one speaker (a few upstream records have two Assistant turns in a row) are
-    joined with a blank line so turns alternate. Empty turns are kept: an empty "chosen" reply is a
-    real preference in HH-RLHF; ``messages_from_record`` refuses them for SFT.
-    """
-    if not isinstance(text, str):
-        raise DataError(f"{where}: dialogue must be a string, got {type(text).__name__}")
-    parts = _HH_TURN.split("\n\n" + text.lstrip())
-    if parts[0].strip() or len(parts) < 3:
-        raise DataError(f"{where}: not an HH-RLHF dialogue (must start with 'Human:')")
-    messages: list[Message] = []
-    for speaker, content in zip(parts[1::2], parts[2::2]):
-        role, content = _HH_ROLES[speaker], content.strip()
-        if messages and messages[-1]["role"] == role:
-            messages[-1]["content"] = f"{messages[-1]['content']}\n\n{content}".strip()
-        else:
-            messages.append({"role": role, "content": content})
-    if messages[0]["role"] != "user":
-        raise DataError(f"{where}: dialogue must start with a Human turn")
-    if messages[-1]["role"] != "assistant":
-        raise DataError(f"{where}: dialogue must end with an Assistant turn")
-    return messages
-
-
-def messages_from_record(record: dict, file: str | Path, index: int) -> list[Message]:
-    """Chat messages from a general-chat record, for SFT (every turn non-empty, ends with assistant).
-
-    Accepts ``{"messages": [...]}``, ``{"instruction", "input"?, "output"}``, self-instruct seed tasks
-    (``instruction`` + ``instances[0]``) and HH-RLHF records (``chosen``, or ``text``, as a dialogue).
-    """
-    where = f"{file}:{index}"
-    if not isinstance(record, dict):
-        raise DataError(f"{where}: record is a {type(record).__name__}, not an object")
-    if "messages" in record:
-        messages = _checked_messages(record["messages"], where)
-    elif "instruction" in record and "instances" in record:
-        messages = _self_instruct_messages(record, where)
-    elif "instruction" in record and "output" in record:
-        messages = _instruction_messages(record, record, where)
-    elif isinstance(record.get("chosen"), str) or isinstance(record.get("text"), str):
-        key = "chosen" if "chosen" in record else "text"
-        messages = parse_hh_dialogue(record[key], f"{where}: field {key!r}")
-    else:
-        raise DataError(
-            f"{where}: unrecognised chat record with keys {sorted(record)} (expected messages, "
-            "instruction/output, instruction/instances, or an HH-RLHF 'chosen' dialogue)"
-        )
-    for m in messages:
-        if not m["content"].strip():
-            raise DataError(f"{where}: empty {m['role']} turn")
-    return messages
-
-
-def _checked_messages(messages: Any, where: str) -> list[Message]:
-    if not isinstance(messages, list) or not messages:
-        raise DataError(f"{where}: 'messages' must be a non-empty list")
-    out = []
-    for j, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str):
-            raise DataError(f"{where}: messages[{j}] must be an object with a string 'content'")
-        if m.get("role") not in _CHAT_ROLES:
-            raise DataError(
-                f"{where}: messages[{j}] has role {m.get('role')!r}{_did_you_mean(str(m.get('role')), list(_CHAT_ROLES))}"
-            )
-        out.append({"role": m["role"], "content": m["content"]})
-    if out[-1]["role"] != "assistant":
-        raise DataError(f"{where}: the last message must be an assistant turn (nothing to train on)")
-    return out
-
-
-def _self_instruct_messages(record: dict, where: str) -> list[Message]:
-    instances = record["instances"]
-    if not isinstance(instances, list) or not instances or not isinstance(instances[0], dict):
-        raise DataError(f"{where}: 'instances' must be a non-empty list of objects")
-    return _instruction_messages(record, instances[0], where)
-
-
-def _instruction_messages(record: dict, io: dict, where: str) -> list[Message]:
-    for key, obj in (("instruction", record), ("output", io)):
-        if not isinstance(obj.get(key), str):
-            raise DataError(f"{where}: field {key!r} must be a string")
-    inp = io.get("input") or ""
-    if not isinstance(inp, str):
-        raise DataError(f"{where}: field 'input' must be a string")
-    user = record["instruction"].strip()
-    if inp.strip():
-        user = f"{user}\n\n{inp.strip()}"
-    return [{"role": "user", "content": user}, {"role": "assistant", "content": io["output"].strip()}]

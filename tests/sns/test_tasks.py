@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from redone.data import sns_tasks as st
 from redone.errors import DataError, RedoneError
+from redone.sns import tasks as st
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 SNS_FILES = sorted((DATA / "sns_bench").glob("*/*.json"))
@@ -285,7 +285,7 @@ def test_querycorr_topic_drops_code_fences(sns_items):
 @pytest.mark.parametrize("path", SNS_FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_gold_answer_round_trip(path, sns_items):
     """The assistant turn SFT trains on is exactly what the scorer gives full marks for."""
-    scoring = pytest.importorskip("redone.eval.scoring")
+    scoring = pytest.importorskip("redone.sns.scoring")
     split, task = _split_and_task(path)
     items = sns_items[path]
     predictions = [st.build_example(task, item)["messages"][-1]["content"] for item in items]
@@ -300,7 +300,7 @@ def test_gold_answer_round_trip(path, sns_items):
 def test_mrc_complex_redone_target_is_the_scored_result_block(sns_items):
     """The redone style trains only the <Result> block; the official style keeps all four tags; both
     get full marks, and the redone one is much shorter (what a CPU trains and decodes)."""
-    scoring = pytest.importorskip("redone.eval.scoring")
+    scoring = pytest.importorskip("redone.sns.scoring")
     items = sns_items[DATA / "sns_bench" / "train" / "Note-MRC-complex.json"]
     redone = [st.answer_text("Note-MRC-complex", it) for it in items]
     official = [st.build_example("Note-MRC-complex", it, "official")["messages"][-1]["content"] for it in items]
@@ -313,70 +313,13 @@ def test_mrc_complex_redone_target_is_the_scored_result_block(sns_items):
 
 def test_wrong_answers_do_not_round_trip(sns_items):
     """The round trip can fail: shifting golds by one item must lose points on every file."""
-    scoring = pytest.importorskip("redone.eval.scoring")
+    scoring = pytest.importorskip("redone.sns.scoring")
     for path, items in sns_items.items():
         if path.parent.name != "test" or path.stem == "Note-QueryGen":
             continue  # QueryGen ANLS never reaches 0 for unrelated queries, but also drops below 100
         task = st.task_for_file(path)
         shifted = [st.answer_text(task, item) for item in items[1:] + items[:1]]
         assert scoring.score_file(task, shifted, items)["score"] < 100.0, task
-
-
-# ---------------------------------------------------------------- general chat records
-
-
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def _alternates(messages: list[dict]) -> bool:
-    roles = [m["role"] for m in messages]
-    return roles[0] == "user" and roles[-1] == "assistant" and all(a != b for a, b in zip(roles, roles[1:]))
-
-
-def test_hh_rlhf_real_record_parses_into_alternating_turns():
-    records = _jsonl(HH_TRAIN)
-    messages = st.messages_from_record(records[0], HH_TRAIN, 0)
-    assert _alternates(messages) and len(messages) >= 2
-    assert records[0]["chosen"].rstrip().endswith(messages[-1]["content"])
-    assert not any(m["content"].startswith(("Human:", "Assistant:")) for m in messages)
-    # Record 408 has two Assistant turns in a row upstream: merged so turns still alternate.
-    merged = st.parse_hh_dialogue(records[408]["chosen"], f"{HH_TRAIN}:408")
-    assert _alternates(merged)
-    assert records[408]["chosen"].count("\n\nAssistant:") > sum(m["role"] == "assistant" for m in merged)
-    # Both sides of every pair parse (empty replies are kept for DPO, refused for SFT).
-    for i, r in enumerate(records):
-        assert _alternates(st.parse_hh_dialogue(r["chosen"], f"{HH_TRAIN}:{i}"))
-        assert _alternates(st.parse_hh_dialogue(r["rejected"], f"{HH_TRAIN}:{i}"))
-
-
-def test_hh_rlhf_malformed_names_file_and_index():
-    with pytest.raises(DataError, match=r"^prefs.jsonl:7: field 'chosen': .*Human"):
-        st.messages_from_record({"chosen": "Assistant: hi"}, "prefs.jsonl", 7)
-    with pytest.raises(DataError, match=r"prefs.jsonl:3: .*must end with an Assistant turn"):
-        st.messages_from_record({"chosen": "\n\nHuman: hi\n\nAssistant: yo\n\nHuman: ?"}, "prefs.jsonl", 3)
-    with pytest.raises(DataError, match=r"prefs.jsonl:51: empty assistant turn"):
-        st.messages_from_record({"chosen": "\n\nHuman: hi\n\nAssistant: "}, "prefs.jsonl", 51)
-
-
-def test_instruction_records():
-    seed = _jsonl(SEED_TASKS)
-    for i, record in enumerate(seed):
-        messages = st.messages_from_record(record, SEED_TASKS, i)
-        assert [m["role"] for m in messages] == ["user", "assistant"]
-        assert messages[0]["content"].startswith(record["instruction"].strip())
-        assert messages[1]["content"] == record["instances"][0]["output"].strip()
-    alpaca = {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"}
-    assert st.messages_from_record(alpaca, "a.jsonl", 0) == [
-        {"role": "user", "content": "Add the numbers.\n\n2 and 3"},
-        {"role": "assistant", "content": "5"},
-    ]
-    chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
-    assert st.messages_from_record(chat, "c.jsonl", 0) == chat["messages"]
-    with pytest.raises(DataError, match=r"c.jsonl:2: messages\[0\] has role 'usr'.*did you mean 'user'"):
-        st.messages_from_record({"messages": [{"role": "usr", "content": "x"}]}, "c.jsonl", 2)
-    with pytest.raises(DataError, match=r"c.jsonl:4: unrecognised chat record with keys \['prompt'\]"):
-        st.messages_from_record({"prompt": "x"}, "c.jsonl", 4)
 
 
 # ---------------------------------------------------------------- prompt size report

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from redone.errors import RedoneError
-from redone.eval.transbench import direction, gold_text, score_transbench
+from redone.sns.transbench import direction, gold_text, score_transbench
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from redone.errors import RedoneError
-from redone.eval import scoring
-from redone.eval.scoring import SNS_FILES, TASK_OF_FILE, TASKS, aggregate, gold_text, score_file
+from redone.sns import scoring
+from redone.sns.scoring import SNS_FILES, TASK_OF_FILE, TASKS, aggregate, gold_text, score_file
 
 REPO = Path(__file__).resolve().parents[2]
 
