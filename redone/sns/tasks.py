@@ -5,7 +5,8 @@ the same prompt without it (``prompt_messages``), so train and eval prompts can 
 
 Features
 - 14 built-in tasks: the 12 SNS-Bench files (8 families) and SNS-TransBench in both directions
-  ("TransBench-zh2en", "TransBench-en2zh"); ``list_tasks()`` names them.
+  ("TransBench-zh2en", "TransBench-en2zh"); ``list_tasks()`` names them. They are declared as data in
+  ``builtin_tasks.yaml`` (next to this module) and read by the same loader as a user's YAML task.
 - Two prompt styles. "redone": a short system instruction that states the task and the exact output
   protocol, the item in the user turn with labelled fields, ending in an answer cue (what we train a
   135M model on; training cost is per token). "official": task definitions close to the official
@@ -14,17 +15,37 @@ Features
   ``redone.sns.scoring.gold_text`` so the scorer and the SFT targets share one definition.
 - Items whose ``content`` already embeds an instruction (Note-CHLW ends with "... Your output is:") are
   split into their fields for the "redone" style, so the instruction is not said twice.
+- Per-task generation budgets (``max_new_tokens``) that fit the longest gold answer of the shipped data.
 - User tasks: ``register_task(Task(...))`` with a function that builds the user turn, or
-  ``register_yaml_task(path)`` from a YAML template (name, family, system, user, answer_field,
-  max_new_tokens; ``user`` is a ``str.format`` template over item fields).
+  ``register_yaml_task(path)`` from a YAML file in the format below.
 - ``load_items`` reads an SNS-Bench or SNS-TransBench JSON file and validates every record.
+
+YAML task format (one mapping per file; ``builtin_tasks.yaml`` is a list of them)
+- Required: ``name``, ``family``, ``max_new_tokens`` (a positive integer), ``system``, ``user``.
+- Optional: ``answer_field`` (default "answer"), ``answer_type`` ("str" or "list": a list of strings),
+  ``scoring_file`` (an SNS-Bench file whose scorer renders the gold), ``official_system`` and
+  ``official_user`` (the "official" style; both or neither), ``redone_answer`` (a named answer transform
+  that shortens the redone-style gold), ``description``.
+- ``system``/``official_system``: a string, or ``{definition, examples: [{input, answer}, ...], closing}``
+  rendered as the definition, "Examples:", each input followed by "Answer: <answer>", then the closing.
+- ``user``/``official_user``: a ``str.format`` template over item fields (plain ``{field}`` names only;
+  never the answer field), or ``{template, transforms, split, fallback}``:
+  ``transforms: {field: name}`` applies a named transform to a value before it is inserted;
+  ``split: {field: name}`` splits an item field into named parts the template uses; when an item does not
+  have the layout the splitter knows, ``fallback`` (a template) is used instead, or the item is refused.
+  The template's own outer whitespace is dropped (YAML block scalars end in a newline); item values are
+  inserted unchanged unless a transform says otherwise.
+- Named functions (no code in YAML): transforms ``strip`` (outer whitespace) and ``strip_fence`` (outer
+  whitespace and ``` fences); split ``chlw`` (a Note-CHLW item -> ``comment``, ``options``); answer
+  transform ``result_block`` (the last ``<Result>...</Result>`` block of an MRC-complex gold).
 
 Errors raised
 - ``RedoneError``: unknown task or style (with a did-you-mean), duplicate registration, a task without
-  an "official" prompt, a malformed YAML task file.
+  an "official" prompt, a malformed YAML task file (``file:line`` of the offending key).
 - ``DataError``: unreadable file, a record that is not an object, a missing or mistyped field, an
-  unknown TransBench direction. Messages name ``file:index`` (index = 0-based
-  position of the record in the file) or the task, in one line.
+  unknown TransBench direction, an item a split cannot read and whose template has no fallback.
+  Messages name ``file:index`` (index = 0-based position of the record in the file) or the task, in one
+  line.
 """
 
 from __future__ import annotations
@@ -42,7 +63,6 @@ from redone.errors import DataError, RedoneError
 
 STYLES = ("redone", "official")
 TRANSBENCH = "TransBench"  # pseudo task name of a TransBench file: the direction is per item
-_LANG_NAMES = {"zh": "Chinese", "en": "English"}
 
 Message = dict[str, str]
 UserBuilder = Callable[[dict], str]
@@ -52,15 +72,15 @@ UserBuilder = Callable[[dict], str]
 class Task:
     """One task: how an item becomes a prompt, and what the gold answer is.
 
-    ``user`` builds the redone-style user turn from an item; ``official_user`` the official-style one
-    (None: the task has only the redone style). ``fields`` are the item fields the prompt reads; the
+    ``user`` builds the redone-style user turn from an item (a ``PromptTemplate`` for a task declared in
+    YAML); ``official_user`` the official-style one (None: the task has only the redone style). ``fields`` are the item fields the prompt reads; the
     gold answer is ``item[answer_field]`` unless ``scoring_file`` names an SNS-Bench file, in which case
     ``redone.sns.scoring.gold_text`` renders it in the scored protocol.
     """
 
     name: str
     family: str
-    max_new_tokens: int
+    max_new_tokens: int  # generation budget: the built-ins' fit their longest gold answer
     system: str
     user: UserBuilder
     fields: tuple[str, ...] = ()
@@ -141,9 +161,13 @@ def prompt_messages(task: str | Task, item: dict, style: str = "redone", *, wher
     if style == "official":
         if t.official_user is None or t.official_system is None:
             raise RedoneError(f"task {t.name} has no 'official' prompt style; use style='redone'")
-        system, user = t.official_system, t.official_user(item)
+        system, build = t.official_system, t.official_user
     else:
-        system, user = t.system, t.user(item)
+        system, build = t.system, t.user
+    try:
+        user = build(item)
+    except DataError as e:  # a template's split could not read the item: say which item
+        raise DataError(f"{where or 'task ' + t.name}: {e}") from None
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
@@ -298,100 +322,257 @@ def load_items(path: str | Path, task: str | Task | None = None) -> list[dict]:
     return records
 
 
-# ---------------------------------------------------------------- YAML tasks
+# ---------------------------------------------------------------- YAML tasks: the one loader
 
-_YAML_REQUIRED = ("name", "family", "system", "user", "max_new_tokens")
-_YAML_OPTIONAL = ("answer_field", "official_system", "official_user", "description")
+BUILTIN_TASKS_FILE = Path(__file__).with_name("builtin_tasks.yaml")
+
+_REQUIRED_KEYS = ("name", "family", "max_new_tokens", "system", "user")
+_OPTIONAL_KEYS = ("answer_field", "answer_type", "scoring_file", "official_system", "official_user",
+                  "redone_answer", "description")
+_ANSWER_TYPES = {"str": str, "list": list}
 
 
 def register_yaml_task(path: str | Path, *, replace: bool = False) -> Task:
-    """Register a task from YAML: name, family, system, user (str.format template), answer_field,
-    max_new_tokens; optionally official_system/official_user (template) and description."""
-    import yaml  # a declared dependency, only needed here
-
+    """Register the task a YAML file declares (format: module docstring) and return it."""
     p = Path(path)
-    try:
-        spec = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise RedoneError(f"{p}: cannot read YAML task ({str(e).splitlines()[0]})") from None
+    spec = _read_yaml(p)
     if not isinstance(spec, dict):
         raise RedoneError(f"{p}: a YAML task must be a mapping")
-    known = _YAML_REQUIRED + _YAML_OPTIONAL
-    for key in spec:
-        if key not in known:
-            raise RedoneError(f"{p}: unknown key {key!r}{_did_you_mean(str(key), list(known))}")
-    for key in _YAML_REQUIRED:
-        if key not in spec:
-            raise RedoneError(f"{p}: missing key {key!r}")
-    if not isinstance(spec["max_new_tokens"], int):
-        raise RedoneError(f"{p}: max_new_tokens must be an integer")
-    name = str(spec["name"])
-    answer_field = str(spec.get("answer_field", "answer"))
-    user_fields = _template_fields(spec["user"], p, "user")
-    official_user = spec.get("official_user")
-    official_fields = _template_fields(official_user, p, "official_user") if official_user else ()
-    if answer_field in user_fields + official_fields:
-        # The prompt is also the eval input: a template that shows the answer would leak it.
-        raise RedoneError(f"{p}: the prompt template must not use the answer field {{{answer_field}}}")
-    task = Task(
-        name=name,
-        family=str(spec["family"]),
-        max_new_tokens=spec["max_new_tokens"],
-        system=str(spec["system"]).strip(),
-        user=_template_builder(spec["user"], name),
-        fields=tuple(dict.fromkeys(user_fields + official_fields)),
-        answer_field=answer_field,
-        official_system=str(spec["official_system"]).strip() if spec.get("official_system") else None,
-        official_user=_template_builder(official_user, name) if official_user else None,
-        description=str(spec.get("description", "")),
-        source=str(p),
-    )
+    task = _task_from_spec(spec, str(p), source=str(p))
     register_task(task, replace=replace)
     return task
 
 
-def _template_fields(template: Any, p: Path, key: str) -> tuple[str, ...]:
-    if not isinstance(template, str):
-        raise RedoneError(f"{p}: {key} must be a string template")
+def _load_builtin_tasks() -> list[Task]:
+    specs = _read_yaml(BUILTIN_TASKS_FILE)
+    if not isinstance(specs, list) or not all(isinstance(s, dict) for s in specs):
+        raise RedoneError(f"{BUILTIN_TASKS_FILE}: expected a list of task mappings")
+    return [_task_from_spec(s, str(BUILTIN_TASKS_FILE), source="builtin") for s in specs]
+
+
+class _Spec(dict):
+    """A YAML mapping that remembers the 1-based line of itself and of each key (for error messages)."""
+
+    line = 0
+    key_lines: dict
+
+    def at(self, origin: str, key: str | None = None) -> str:
+        return f"{origin}:{self.key_lines.get(key, self.line)}"
+
+
+def _read_yaml(p: Path) -> Any:
+    import yaml  # a declared dependency
+
+    class Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+        pass
+
+    def mapping(loader, node):
+        spec = _Spec(loader.construct_mapping(node, deep=True))
+        spec.line = node.start_mark.line + 1
+        spec.key_lines = {}
+        for key, _ in node.value:
+            if key.value in spec.key_lines:  # YAML keeps the last silently; a second budget is a slip
+                raise RedoneError(f"{p}:{key.start_mark.line + 1}: duplicate key {key.value!r}")
+            spec.key_lines[key.value] = key.start_mark.line + 1
+        return spec
+
+    Loader.add_constructor("tag:yaml.org,2002:map", mapping)
     try:
-        names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-    except ValueError as e:
-        raise RedoneError(f"{p}: {key} is not a valid str.format template ({e})") from None
-    for n in names:
-        # Only plain {field} placeholders: attribute/index access would read beyond the item's strings.
-        if not n.isidentifier():
-            raise RedoneError(f"{p}: {key} placeholder {{{n}}} must be a plain field name")
-    return tuple(dict.fromkeys(names))
+        return yaml.load(p.read_text(encoding="utf-8"), Loader=Loader)  # a SafeLoader subclass
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise RedoneError(f"{p}: cannot read YAML task ({str(e).splitlines()[0]})") from None
 
 
-def _template_builder(template: str, task_name: str) -> UserBuilder:
-    def build(item: dict) -> str:
-        return template.format(**item).strip()
+def _task_from_spec(spec: _Spec, origin: str, source: str) -> Task:
+    _check_keys(spec, _REQUIRED_KEYS, _OPTIONAL_KEYS, origin)
+    name = _text(spec, "name", origin)
+    budget = spec["max_new_tokens"]
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
+        raise RedoneError(f"{spec.at(origin, 'max_new_tokens')}: max_new_tokens must be a positive integer")
+    answer_field = _text(spec, "answer_field", origin, default="answer")
+    answer_type = _choice(spec, "answer_type", _ANSWER_TYPES, origin, default="str")
+    redone_answer = _choice(spec, "redone_answer", _ANSWER_TRANSFORMS, origin, default=None)
+    if ("official_system" in spec) != ("official_user" in spec):
+        raise RedoneError(f"{spec.at(origin)}: task {name}: give official_system and official_user together")
+    user = _prompt_template(spec, "user", origin)
+    official_user = _prompt_template(spec, "official_user", origin) if "official_user" in spec else None
+    fields = tuple(dict.fromkeys(user.fields + (official_user.fields if official_user else ())))
+    if answer_field in fields:
+        # The prompt is also the eval input: a template that shows the answer would leak it.
+        key = "user" if answer_field in user.fields else "official_user"
+        raise RedoneError(f"{spec.at(origin, key)}: the prompt template must not use the answer field "
+                          f"{{{answer_field}}}")
+    return Task(
+        name=name,
+        family=_text(spec, "family", origin),
+        max_new_tokens=budget,
+        system=_system_text(spec, "system", origin),
+        user=user,
+        fields=fields,
+        answer_field=answer_field,
+        answer_type=answer_type,
+        scoring_file=_text(spec, "scoring_file", origin, default=None),
+        official_system=_system_text(spec, "official_system", origin) if official_user else None,
+        official_user=official_user,
+        redone_answer=redone_answer,
+        description=_text(spec, "description", origin, default=""),
+        source=source,
+    )
 
-    build.__name__ = f"user_{task_name}"
-    return build
+
+def _check_keys(spec: _Spec, required: tuple[str, ...], optional: tuple[str, ...], origin: str) -> None:
+    known = required + optional
+    for key in spec:
+        if key not in known:
+            raise RedoneError(f"{spec.at(origin, key)}: unknown key {key!r}{_did_you_mean(str(key), list(known))}")
+    for key in required:
+        if key not in spec:
+            raise RedoneError(f"{spec.at(origin)}: missing key {key!r}")
 
 
-# ---------------------------------------------------------------- built-in tasks: helpers
+def _text(spec: _Spec, key: str, origin: str, default: Any = ...) -> Any:
+    if key not in spec and default is not ...:
+        return default
+    if not isinstance(spec[key], str):
+        raise RedoneError(f"{spec.at(origin, key)}: {key} must be a string")
+    return spec[key]
 
 
-def _content(item: dict) -> str:
-    return item["content"].strip()
+def _choice(spec: _Spec, key: str, choices: dict, origin: str, default: str | None) -> Any:
+    name = spec.get(key, default)
+    if name is None:
+        return None
+    if not isinstance(name, str) or name not in choices:
+        raise RedoneError(f"{spec.at(origin, key)}: unknown {key} {name!r}{_did_you_mean(str(name), list(choices))}")
+    return choices[name]
 
 
-def _shots(examples: list[tuple[str, str]]) -> str:
-    """Worked examples for an official-style system turn: each input followed by its answer."""
-    return "\n\n".join(f"{inp}\nAnswer: {out}" for inp, out in examples)
-
-
-def _official(definition: str, examples: list[tuple[str, str]], closing: str = "") -> str:
-    text = f"{definition}\n\nExamples:\n\n{_shots(examples)}"
+def _system_text(spec: _Spec, key: str, origin: str) -> str:
+    """A system turn: plain text, or a definition followed by worked examples and a closing line."""
+    value = spec[key]
+    if isinstance(value, str):
+        return value.strip()
+    if not isinstance(value, dict):
+        raise RedoneError(f"{spec.at(origin, key)}: {key} must be a string or a mapping with a definition")
+    _check_keys(value, ("definition", "examples"), ("closing",), origin)
+    examples = value["examples"]
+    if not isinstance(examples, list) or not examples:
+        raise RedoneError(f"{value.at(origin, 'examples')}: examples must be a non-empty list")
+    shots = []
+    for example in examples:
+        if not isinstance(example, dict):
+            raise RedoneError(f"{value.at(origin, 'examples')}: each example must be a mapping (input, answer)")
+        _check_keys(example, ("input", "answer"), (), origin)
+        shots.append(f"{_text(example, 'input', origin)}\nAnswer: {_text(example, 'answer', origin)}")
+    text = f"{_text(value, 'definition', origin).strip()}\n\nExamples:\n\n" + "\n\n".join(shots)
+    closing = _text(value, "closing", origin, default="").strip()
     return f"{text}\n\n{closing}" if closing else text
 
 
-_ONLY_ANSWER = (
-    "Write the answer directly after 'Answer:', in the same format as the examples, with nothing else."
-)
+def _prompt_template(spec: _Spec, key: str, origin: str) -> PromptTemplate:
+    value = spec[key]
+    if isinstance(value, str):
+        value = _Spec(template=value)
+        value.line, value.key_lines = spec.key_lines.get(key, spec.line), {}
+    if not isinstance(value, dict):
+        raise RedoneError(f"{spec.at(origin, key)}: {key} must be a template string or a mapping with one")
+    _check_keys(value, ("template",), ("transforms", "split", "fallback"), origin)
+    template = _text(value, "template", origin).strip()
+    fallback = _text(value, "fallback", origin, default=None)
+    fallback = fallback.strip() if fallback is not None else None
+    split = _named(value, "split", _SPLITS, origin)
+    transforms = _named(value, "transforms", _FIELD_TRANSFORMS, origin)
+    produced = {part for name in dict(split).values() for part in _SPLITS[name][0]}
+    used = set(_placeholders(template, value.at(origin, "template")))
+    if fallback is not None:
+        used |= set(_placeholders(fallback, value.at(origin, "fallback")))
+    for field, _ in transforms:
+        if field not in used:
+            raise RedoneError(f"{value.at(origin, 'transforms')}: transform of {{{field}}}, which {key} does not use")
+    if fallback is not None and not split:
+        raise RedoneError(f"{value.at(origin, 'fallback')}: a fallback needs a split")
+    if fallback is not None and produced & set(_placeholders(fallback, "")):
+        raise RedoneError(f"{value.at(origin, 'fallback')}: the fallback must not use the split's parts")
+    return PromptTemplate(template, transforms, split, fallback)
+
+
+def _named(value: _Spec, key: str, registry: dict, origin: str) -> tuple[tuple[str, str], ...]:
+    """A ``{field: function name}`` mapping checked against one registry of named functions."""
+    mapping = value.get(key, {})
+    if not isinstance(mapping, dict):
+        raise RedoneError(f"{value.at(origin, key)}: {key} must be a mapping {{field: name}}")
+    for field, name in mapping.items():
+        if not isinstance(field, str) or not field.isidentifier():
+            raise RedoneError(f"{value.at(origin, key)}: {key} field {field!r} must be a plain field name")
+        if not isinstance(name, str) or name not in registry:
+            raise RedoneError(f"{mapping.at(origin, field)}: unknown {key[:-1] if key.endswith('s') else key} "
+                              f"{name!r}{_did_you_mean(str(name), list(registry))}")
+    return tuple(mapping.items())
+
+
+def _placeholders(template: str, where: str) -> tuple[str, ...]:
+    try:
+        names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise RedoneError(f"{where}: not a valid str.format template ({e})") from None
+    for n in names:
+        # Only plain {field} placeholders: attribute/index access would read beyond the item's strings.
+        if not n.isidentifier():
+            raise RedoneError(f"{where}: placeholder {{{n}}} must be a plain field name")
+    return tuple(dict.fromkeys(names))
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A user turn built from a ``str.format`` template over item fields (the YAML ``user`` key).
+
+    ``transforms`` and ``split`` are ``(field, function name)`` pairs resolved in the registries below;
+    ``fallback`` is the template used when a split does not recognise an item.
+    """
+
+    template: str
+    transforms: tuple[tuple[str, str], ...] = ()
+    split: tuple[tuple[str, str], ...] = ()
+    fallback: str | None = None
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The item fields the turn reads (a split's parts come from its source field)."""
+        produced = {part for name in dict(self.split).values() for part in _SPLITS[name][0]}
+        names = [n for n in _placeholders(self.template, "") if n not in produced]
+        names += [field for field, _ in self.split]
+        names += list(_placeholders(self.fallback, "")) if self.fallback is not None else []
+        return tuple(dict.fromkeys(names))
+
+    def __call__(self, item: dict) -> str:
+        values, template = dict(item), self.template
+        for field, name in self.split:
+            parts = _SPLITS[name][1](item[field])
+            if parts is None:
+                if self.fallback is None:
+                    raise DataError(f"field {field!r} does not have the layout the {name!r} split reads")
+                values, template = dict(item), self.fallback
+                break
+            values.update(parts)
+        transforms = dict(self.transforms)
+        return template.format_map({
+            n: _FIELD_TRANSFORMS[transforms[n]](values[n]) if n in transforms else values[n]
+            for n in _placeholders(template, "")
+        })
+
+
+# ---------------------------------------------------------------- named functions the YAML can use
+
+
+def _strip_fence(text: str) -> str:
+    """QueryCorr-topic wraps each item in ``` fences: tokens that tell the model nothing."""
+    text = text.strip()
+    if text.startswith("```"):
+        text = text[3:]
+    if text.endswith("```"):
+        text = text[:-3]
+    return text.strip()
+
 
 # Note-CHLW items carry their own instruction after the comment and the options list; the "redone"
 # style states the task once in the system turn, so the item is split back into its two fields.
@@ -412,39 +593,10 @@ def chlw_parts(content: str) -> tuple[str, str] | None:
     return (m["comment"], m["options"]) if m else None
 
 
-def _chlw_user(item: dict) -> str:
-    parts = chlw_parts(item["content"])
-    if parts is None:
-        # Unknown layout: show the item as written (it states its own instruction) rather than guess.
-        return _content(item)
-    comment, options = parts
-    return f"Comment: {comment}\nOptions: {options}\nAnswer:"
+def _chlw_split(content: str) -> dict[str, str] | None:
+    parts = chlw_parts(content)
+    return {"comment": parts[0], "options": parts[1]} if parts else None
 
-
-def _strip_fence(text: str) -> str:
-    """QueryCorr-topic wraps each item in ``` fences: tokens that tell the model nothing."""
-    text = text.strip()
-    if text.startswith("```"):
-        text = text[3:]
-    if text.endswith("```"):
-        text = text[:-3]
-    return text.strip()
-
-
-# ---------------------------------------------------------------- built-in tasks: SNS-Bench
-
-_QUERYCORR_LEVELS = (
-    "3 = meets the main need, topic fully matches; 2 = meets the main need, topic partly matches "
-    "(or fully meets a secondary need); 1 = barely helps, under 10% relevant; 0 = does not meet the "
-    "need but shares keywords; -1 = unrelated."
-)
-
-_MRC_COMPLEX_FORMAT = (
-    "<rewrite_query>the query restated with the answer type given in Level</rewrite_query>\n"
-    "<relevance_analysis>one sentence: is Doc relevant to it?</relevance_analysis>\n"
-    '<AnswerList>["answer copied from Doc", ...]</AnswerList>\n'
-    '<Result>[{"Option": "answer", "Reason": "supporting text copied from Doc"}, ...]</Result>'
-)
 
 def _result_part(gold: str) -> str:
     """MRC-complex's scored part: the last <Result>...</Result> block (the scorer ignores the other tags)."""
@@ -452,436 +604,17 @@ def _result_part(gold: str) -> str:
     return blocks[-1] if blocks else gold
 
 
-_GENDER_TOPICS = (
-    "gender stereotypes or bias, fertility and parenting, marriage and in-laws, dating and "
-    "relationships, sex, or related social events"
-)
+_FIELD_TRANSFORMS: dict[str, Callable[[str], str]] = {"strip": str.strip, "strip_fence": _strip_fence}
+# name -> (the parts it produces, function: field value -> {part: text}, or None for an unknown layout)
+_SPLITS: dict[str, tuple[tuple[str, ...], Callable[[str], dict[str, str] | None]]] = {
+    "chlw": (("comment", "options"), _chlw_split),
+}
+_ANSWER_TRANSFORMS: dict[str, Callable[[str], str]] = {"result_block": _result_part}
 
 
-def _sns_tasks() -> list[Task]:
-    return [
-        Task(
-            name="Note-Taxonomy-single",
-            family="Taxonomy",
-            max_new_tokens=16,
-            fields=("content", "candidates"),
-            scoring_file="Note-Taxonomy-single",
-            system="Classify the note. Answer with exactly one category from the candidates, copied verbatim.",
-            user=lambda it: f"{_content(it)}\nCandidates: {it['candidates'].strip()}\nAnswer:",
-            official_system=_official(
-                "Given the title and content of a social-network note and a list of candidate categories, "
-                "choose the single most suitable category from the list.",
-                [
-                    (
-                        "Input: Note Title: My first sourdough loaf\n Note Content: Three days feeding the "
-                        "starter, finally a crispy crust! #Baking\nCandidate categories: Baking, Main "
-                        "Meals, Food Reviews, Drinks",
-                        "Baking",
-                    ),
-                    (
-                        "Input: Note Title: Weekend in Hangzhou\n Note Content: West Lake at sunrise, then "
-                        "the tea fields of Longjing village\nCandidate categories: Travel Guide, Hotels, "
-                        "Travel Records, Food Exploration",
-                        "Travel Records",
-                    ),
-                ],
-                _ONLY_ANSWER,
-            ),
-            official_user=lambda it: (
-                f"Input: {it['content']}\nCandidate categories: {it['candidates']}\nAnswer:"
-            ),
-        ),
-        Task(
-            name="Note-Taxonomy-multiple",
-            family="Taxonomy",
-            max_new_tokens=32,
-            fields=("content", "candidates_primary", "candidates_secondary", "candidates_tertiary"),
-            scoring_file="Note-Taxonomy-multiple",
-            system=(
-                "Classify the note at three levels, one candidate per level copied verbatim. "
-                "Answer as: primary | secondary | tertiary"
-            ),
-            user=lambda it: (
-                f"{_content(it)}\nPrimary: {it['candidates_primary'].strip()}\n"
-                f"Secondary: {it['candidates_secondary'].strip()}\n"
-                f"Tertiary: {it['candidates_tertiary'].strip()}\nAnswer:"
-            ),
-            official_system=_official(
-                "Given the title and content of a social-network note and lists of candidate primary, "
-                "secondary and tertiary categories, choose the most suitable category at each level. "
-                "Answer in the format: Primary category | Secondary category | Tertiary category.",
-                [
-                    (
-                        "Input: Note Title: Sunscreen that doesn't pill\n Note Content: Tried four "
-                        "sunscreens under makeup this summer, only one stayed smooth.\n"
-                        "Candidate primary categories: ['Beauty', 'Food', 'Sports']\n"
-                        "Candidate secondary categories: ['Skincare', 'Meals', 'Running']\n"
-                        "Candidate tertiary categories: ['Sunscreen', 'Fruit', 'Marathon']",
-                        "Beauty | Skincare | Sunscreen",
-                    ),
-                    (
-                        "Input: Note Title: Week 3 of learning guitar\n Note Content: Finally played a "
-                        "clean F chord #Guitar\nCandidate primary categories: ['Music', 'Gaming', "
-                        "'Career']\nCandidate secondary categories: ['Instrument Playing', 'Mobile Games', "
-                        "'Job Hunting']\nCandidate tertiary categories: ['Guitar', 'Piano', 'Resume']",
-                        "Music | Instrument Playing | Guitar",
-                    ),
-                ],
-                _ONLY_ANSWER,
-            ),
-            official_user=lambda it: (
-                f"Input: {it['content']}\nCandidate primary categories: {it['candidates_primary']}\n"
-                f"Candidate secondary categories: {it['candidates_secondary']}\n"
-                f"Candidate tertiary categories: {it['candidates_tertiary']}\nAnswer:"
-            ),
-        ),
-        Task(
-            name="Note-Hashtag-single",
-            family="Hashtag",
-            max_new_tokens=24,
-            fields=("content", "candidates"),
-            scoring_file="Note-Hashtag-single",
-            system="Pick the hashtag that best fits the note. Answer with exactly one candidate, copied verbatim.",
-            user=lambda it: f"{_content(it)}\nCandidates: {it['candidates'].strip()}\nAnswer:",
-            official_system=_official(
-                "Given the title and content of a social-network note and a list of candidate topic tags, "
-                "choose the one tag from the list that is most relevant to the note.",
-                [
-                    (
-                        "Input:\nNote Title: Cheap eats near campus\n Note Content: Five noodle shops "
-                        "under 15 yuan by the university gate\nCandidate Topic Tags:\nStudent Budget Food, "
-                        "Wedding Dress, Car Wash, Yoga Mat",
-                        "Student Budget Food",
-                    ),
-                    (
-                        "Input:\nNote Title: My cat hates baths\n Note Content: The tips that finally "
-                        "worked for bathing a grumpy cat\nCandidate Topic Tags:\nKnitting Patterns, Cat "
-                        "Care Tips, Stock Market, Exam Notes",
-                        "Cat Care Tips",
-                    ),
-                ],
-                _ONLY_ANSWER,
-            ),
-            official_user=lambda it: (
-                f"Input:\n{it['content']}\nCandidate Topic Tags:\n{it['candidates']}\nAnswer:"
-            ),
-        ),
-        Task(
-            name="Note-Hashtag-multiple",
-            family="Hashtag",
-            max_new_tokens=96,
-            fields=("content", "candidates"),
-            scoring_file="Note-Hashtag-multiple",
-            system=(
-                "Select every candidate hashtag that fits the note. "
-                "Answer with the chosen candidates copied verbatim, separated by ', '."
-            ),
-            user=lambda it: f"{_content(it)}\nCandidates: {it['candidates'].strip()}\nAnswer:",
-            official_system=_official(
-                "Given the title and content of a social-network note and a list of candidate topic tags, "
-                "choose all the tags from the list that match the note, separated by commas.",
-                [
-                    (
-                        "Input:\nNote Title: Marathon prep, week 10\n Note Content: 32 km long run done "
-                        "along the Shanghai riverside, knees OK!\nCandidate Topic Tags:\nMarathon "
-                        "Training, Shanghai, Nail Art, Running Diary, Piano Lessons",
-                        "Marathon Training, Running Diary, Shanghai",
-                    ),
-                    (
-                        "Input:\nNote Title: Balcony herb garden\n Note Content: Basil and mint from seed "
-                        "in six weeks\nCandidate Topic Tags:\nHome Gardening, Car Review, Balcony Garden, "
-                        "Herbs, Crypto",
-                        "Home Gardening, Balcony Garden, Herbs",
-                    ),
-                ],
-                _ONLY_ANSWER,
-            ),
-            official_user=lambda it: (
-                f"Input:\n{it['content']}\nCandidate Topic Tags:\n{it['candidates']}\nAnswer:"
-            ),
-        ),
-        Task(
-            name="Note-QueryCorr-topic",
-            family="QueryCorr",
-            max_new_tokens=4,
-            fields=("content",),
-            scoring_file="Note-QueryCorr-topic",
-            system=f"Rate how well the note serves the search query. {_QUERYCORR_LEVELS} Answer with the level only.",
-            user=lambda it: f"{_strip_fence(it['content'])}\nLevel:",
-            official_system=_official(
-                "You score the relevance of a RedNote note to a search query on five levels. A query has "
-                "a primary need (what most users want) and may have secondary needs; a note's topic can "
-                "match the query's topic completely, partly or not at all.\n"
-                "3: meets the primary need and the topic matches completely (80% or more relevant).\n"
-                "2: meets the primary need with a partial topic match (10-80% relevant), or meets a "
-                "secondary need.\n"
-                "1: low satisfaction, under 10% relevant (only mentioned, or an overly specific need).\n"
-                "0: does not meet the need but has some connection, e.g. shared keywords.\n"
-                "-1: does not meet the need and has no connection.",
-                [
-                    (
-                        "Query: keep succulents alive in winter\nNote: 5 tips to keep succulents alive in winter",
-                        "3",
-                    ),
-                    ("Query: succulent tattoo ideas\nNote: 5 tips to keep succulents alive in winter", "0"),
-                    ("Query: best hiking boots\nNote: 5 tips to keep succulents alive in winter", "-1"),
-                ],
-                "Output only the level: -1, 0, 1, 2 or 3, with nothing else.",
-            ),
-            official_user=lambda it: (
-                f"The query and note you received are:\n{it['content']}\n"
-                "Output the level (-1, 0, 1, 2 or 3) only.\nAnswer:"
-            ),
-        ),
-        Task(
-            name="Note-QueryCorr-explain",
-            family="QueryCorr",
-            max_new_tokens=4,
-            fields=("sentence1", "sentence2"),
-            scoring_file="Note-QueryCorr-explain",
-            system="Can the document answer the question? Answer Yes or No.",
-            user=lambda it: (
-                f"Question: {it['sentence1'].strip()}\nDocument: {it['sentence2'].strip()}\nAnswer:"
-            ),
-            official_system=_official(
-                "Below are a question and a document. Decide whether the document can answer the question. "
-                'Reply "Yes" if it can, otherwise "No", with no explanation.',
-                [
-                    (
-                        "Question:\nHow long do I boil an egg for a runny yolk?\nDocument:\nPerfect "
-                        "soft-boiled eggs: six and a half minutes in boiling water, then ice water",
-                        "Yes",
-                    ),
-                    (
-                        "Question:\nHow much is a Japan tourist visa?\nDocument:\nMy 5-day Tokyo food "
-                        "list: ramen, sushi and the best convenience-store snacks",
-                        "No",
-                    ),
-                ],
-            ),
-            official_user=lambda it: f"Question:\n{it['sentence1']}\nDocument:\n{it['sentence2']}\nAnswer:",
-        ),
-        Task(
-            name="Note-MRC-simple",
-            family="MRC",
-            max_new_tokens=768,  # gold lists reach 637 tokens in test, 732 in train
-            fields=("content", "query"),
-            answer_type=list,
-            scoring_file="Note-MRC-simple",
-            system=(
-                "Copy the sentences of the note that answer the question. Answer with a Python list of "
-                "strings copied verbatim from the note, [] if it does not answer."
-            ),
-            user=lambda it: f"Question: {it['query'].strip()}\nNote:\n{_content(it)}\nAnswer:",
-            official_system=(
-                "You are a reading-comprehension expert. You get a user's note (title and content; the "
-                "title may be empty) and a question.\n"
-                "Step 1: decide whether the note can answer the question; specific entities or "
-                "qualifiers in the question must be satisfied.\n"
-                "Step 2: if it can, extract the answer from the note as original text: complete sentences "
-                "or paragraphs, consecutive sentences kept together, irrelevant middle parts skipped, long "
-                "answers split by points. Never summarise or add unrelated content.\n"
-                "Output a list where each value is a sentence or paragraph that answers the question; if "
-                "nothing can be extracted, output an empty list []. Output nothing but the list.\n\n"
-                "Examples:\n\n"
-                "Note: Opening hours: 10:00-22:00 daily. Parking at the back.\nQuestion: When does it "
-                "open?\nOutput: ['Opening hours: 10:00-22:00 daily.']\n\n"
-                "Note: Loved the cake, very moist!\nQuestion: Where is the shop?\nOutput: []"
-            ),
-            official_user=lambda it: (
-                f"Here is the note title and content:\n\n{it['content']}\n\n\n"
-                f"User's question:\n{it['query']}\nOutput:"
-            ),
-        ),
-        Task(
-            name="Note-MRC-complex",
-            family="MRC",
-            max_new_tokens=1024,  # four tagged parts; golds reach 373 tokens in test, 853 in train
-            fields=("content",),
-            scoring_file="Note-MRC-complex",
-            # Only the scored <Result> block: the three unscored tags would triple the answer length (and
-            # the tokens a CPU trains and decodes) for no points. The official style keeps all four.
-            system=(
-                "Answer the Query from the Doc as a JSON list of options copied from Doc, each with a "
-                'supporting reason copied from Doc: <Result>[{"Option": "answer", "Reason": "text from '
-                'Doc"}, ...]</Result>. If Doc is irrelevant or has no answer: <Result>[]</Result>'
-            ),
-            redone_answer=_result_part,
-            user=lambda it: f"{_content(it)}\nAnswer:",
-            official_system=(
-                "Task: rewrite the Query, then do reading comprehension on the Doc.\n"
-                "Input: Query is the user's search with a question intent; Level is the type of answer "
-                "wanted; Doc is the note text between <Doc> and </Doc>.\n"
-                "Step 1: using Query and Level, rewrite the query as a precise answer requirement "
-                "(e.g. Query 'Chengdu hotpot', Level 'restaurant names' -> 'Names of good hotpot restaurants in "
-                "Chengdu').\n"
-                "Step 2: judge in 1-2 sentences whether Doc is relevant to the rewritten query; a Doc that "
-                "misses an important qualifier (time, place) is irrelevant.\n"
-                "Step 3: if relevant, extract every answer Option of the required type from Doc into "
-                "AnswerList (e.g. 'brand model' needs both brand and model); otherwise AnswerList is [].\n"
-                "Step 4: for each Option, copy a supporting Reason from Doc (at most 100 characters).\n"
-                "Options follow the original text, are specific searchable names, and carry no leading "
-                "words such as 'Shop 1'. Reasons are copied unchanged.\n\n"
-                f"Output format:\n{_MRC_COMPLEX_FORMAT}\n\n"
-                "Example output for an irrelevant Doc:\n<rewrite_query>Names of ski resorts in Hokkaido</rewrite_query>\n"
-                "<relevance_analysis>Doc describes a beach holiday in Okinawa and names no ski resort, so it "
-                "is not relevant."
-                "</relevance_analysis>\n<AnswerList>[]</AnswerList>\n<Result>[]</Result>"
-            ),
-            official_user=lambda it: f"{_content(it)}\nOutput:",
-        ),
-        Task(
-            name="Note-NER",
-            family="NER",
-            max_new_tokens=48,
-            fields=("content", "question"),
-            scoring_file="Note-NER",
-            system="Extract the requested entities, spelled exactly as in the text. Answer with them separated by ', '.",
-            user=lambda it: f"Text: {_content(it)}\n{it['question'].strip()}\nAnswer:",
-            official_system=_official(
-                "Extract entities from the Passage as the Question asks. Keep the same case as in the "
-                "passage; separate several entities with commas.",
-                [
-                    (
-                        "Passage:Spring new linen wide-leg trousers women high waist casual\n"
-                        "Question:Please identify all 'Material' entities",
-                        "linen",
-                    ),
-                    (
-                        "Passage:Matte lipstick 3 pack red nude long-lasting gift set\n"
-                        "Question:Please identify all 'Color' entities",
-                        "red, nude",
-                    ),
-                ],
-                _ONLY_ANSWER,
-            ),
-            official_user=lambda it: f"Passage:{it['content']}\nQuestion:{it['question']}\nAnswer:",
-        ),
-        Task(
-            name="Note-Gender",
-            family="Gender",
-            max_new_tokens=4,
-            fields=("content",),
-            scoring_file="Note-Gender",
-            system=f"Is the note likely to spark discussion between men and women ({_GENDER_TOPICS})? Answer Yes or No.",
-            user=lambda it: f"{_content(it)}\nAnswer:",
-            official_system=_official(
-                "From the note fields below, decide whether the content is likely to trigger discussion "
-                "that interests both men and women. Reply 'Yes' if it does, otherwise 'No', with no "
-                "explanation. Such content includes: stereotypes about men and women; gender bias and "
-                "inequality in jobs, sports or hobbies; fertility and parenting; marriage (matchmaking, "
-                "weddings, in-laws, divorce, prenuptial property); romance (arguments, cheating); sex "
-                "(harassment, violence, sex education); and related social events.",
-                [
-                    (
-                        "Note Content:\nTitle: Should the bride's family pay for the wedding?\nCategory: "
-                        "Marriage - Wedding\nBody: My in-laws say it is tradition #Wedding[Topic]#",
-                        "Yes",
-                    ),
-                    (
-                        "Note Content:\nTitle: Autumn reading list\nCategory: Humanities - Reading\n"
-                        "Body: Five novels for rainy weekends #Books[Topic]#",
-                        "No",
-                    ),
-                ],
-            ),
-            official_user=lambda it: (
-                f"Please give your judgment on the following content:\nNote Content:\n{it['content']}\nAnswer:"
-            ),
-        ),
-        Task(
-            name="Note-CHLW",
-            family="CHLW",
-            max_new_tokens=48,
-            fields=("content",),
-            scoring_file="Note-CHLW",
-            system=(
-                "Choose the options worth highlighting in the comment: specific things a reader might "
-                "search for. Answer with a Python list of chosen options, [] if none."
-            ),
-            user=_chlw_user,
-            official_system=(
-                "Select the words worth highlighting in a comment: meaningful, specific entities, "
-                "issues or descriptions that make users want to search. Be careful with trivial daily "
-                "chatter and content containing numbers. Examples:\n\n"
-                "1) Input: Where can I buy this linen tablecloth?; Return: ['linen tablecloth']\n"
-                "2) Input: Is the Kindle Paperwhite good for reading manga; Return: ['Kindle Paperwhite']\n"
-                "3) Input: haha same here; Return: []"
-            ),
-            # The item already ends with its own instruction and "Your output is:".
-            official_user=lambda it: it["content"],
-        ),
-        Task(
-            name="Note-QueryGen",
-            family="QueryGen",
-            max_new_tokens=32,
-            fields=("content",),
-            scoring_file="Note-QueryGen",
-            system="Write one search query a reader of this note would type next, about its core topic. Answer with the query only.",
-            user=lambda it: f"{_content(it)}\nQuery:",
-            official_system=_official(
-                "Act as an internet user. From the input note (image/text or video), generate one novel "
-                "search term about the note's core entities: complete, fluent, interesting, and bringing "
-                "information beyond the note. It can be a question (how to ..., what is ...) or a compound "
-                "term (... tips, ... tutorial, ... outfits, ... recommendations). Output the search term "
-                "on a single line, with no analysis.",
-                [
-                    (
-                        "Input:\nNote type: image, Note Title: Two weeks with a standing desk, Main "
-                        "content: my back pain is gone, but now my feet hurt",
-                        "How long to stand at a standing desk each day",
-                    ),
-                    (
-                        "Input:\nNote type: image, Note Title: 3 days in Xiamen, Main content: Gulangyu, "
-                        "Nanputuo Temple and seafood street",
-                        "Xiamen 3-day itinerary",
-                    ),
-                ],
-            ),
-            official_user=lambda it: (
-                f"Please generate a search term for the following note based on the instructions above:\n"
-                f"Input:\n{it['content']}\nSearch term:"
-            ),
-        ),
-    ]
+# ---------------------------------------------------------------- built-in tasks
 
-
-# ---------------------------------------------------------------- built-in tasks: SNS-TransBench
-
-
-def _transbench_task(src: str, dst: str, max_new_tokens: int, examples: list[tuple[str, str]]) -> Task:
-    s, d = _LANG_NAMES[src], _LANG_NAMES[dst]
-    return Task(
-        name=f"TransBench-{src}2{dst}",
-        family="Translation",
-        max_new_tokens=max_new_tokens,
-        fields=(src,),
-        answer_field=dst,
-        system=f"Translate the {s} social-media text into {d}. Answer with the translation only.",
-        user=lambda it: f"{s}: {it[src].strip()}\n{d}:",
-        official_system=_official(
-            f"Translate the following RedNote (Xiaohongshu) text — a note title, note body or comment — "
-            f"from {s} into {d}. Keep emoji, hashtags and the casual tone; output only the translation.",
-            [(f"{s}: {a}", b) for a, b in examples],
-        ),
-        official_user=lambda it: f"{s}: {it[src]}\nAnswer:",
-    )
-
-
-_ZH_EN_SHOTS = [("今天的晚霞太美了🌅", "The sunset today is so beautiful🌅"), ("求链接！", "Link please!")]
-
-
-def _builtin_tasks() -> list[Task]:
-    return _sns_tasks() + [
-        # Budgets cover the longest test target in SmolLM2 tokens (652 zh->en, 1,713 en->zh: its
-        # English-centric vocabulary spends 1-3 tokens per Chinese character); a cut translation
-        # would lose BLEU for the budget, not for the model.
-        _transbench_task("zh", "en", 768, _ZH_EN_SHOTS),
-        _transbench_task("en", "zh", 1792, [(b, a) for a, b in _ZH_EN_SHOTS]),
-    ]
-
-
-_BUILTIN = _builtin_tasks()
+_BUILTIN = _load_builtin_tasks()
 for _task in _BUILTIN:
     register_task(_task)
 SNS_BENCH_TASKS = tuple(t.name for t in _BUILTIN if t.scoring_file)  # the 12 SNS-Bench files

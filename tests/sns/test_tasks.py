@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 from redone.errors import DataError, RedoneError
 from redone.sns import tasks as st
@@ -138,7 +139,7 @@ def test_yaml_task_rejects_unknown_and_missing_keys(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: X\nfamily: F\nsystem: s\nuser: '{a}'\nmax_new_token: 3\n", encoding="utf-8")
     with pytest.raises(
-        RedoneError, match=r"bad.yaml: unknown key 'max_new_token'.*did you mean 'max_new_tokens'"
+        RedoneError, match=r"bad.yaml:5: unknown key 'max_new_token'.*did you mean 'max_new_tokens'"
     ):
         st.register_yaml_task(bad)
     bad.write_text("name: X\nfamily: F\nsystem: s\nuser: '{a}'\n", encoding="utf-8")
@@ -153,6 +154,163 @@ def test_yaml_task_rejects_unknown_and_missing_keys(tmp_path):
     with pytest.raises(RedoneError, match=r"must not use the answer field \{answer\}"):
         st.register_yaml_task(bad)
     assert "X" not in st.list_tasks()
+
+
+def _builtin_spec(name: str) -> dict:
+    specs = yaml.safe_load(st.BUILTIN_TASKS_FILE.read_text(encoding="utf-8"))
+    return next(s for s in specs if s["name"] == name)
+
+
+def test_builtin_tasks_are_declared_as_data():
+    specs = yaml.safe_load(st.BUILTIN_TASKS_FILE.read_text(encoding="utf-8"))
+    assert [s["name"] for s in specs] == list(st.SNS_BENCH_TASKS + st.TRANSBENCH_TASKS)
+    assert len(st.SNS_BENCH_TASKS) == 12 and st.TRANSBENCH_TASKS == ("TransBench-zh2en", "TransBench-en2zh")
+    for name in st.list_tasks():
+        t = st.get_task(name)
+        assert t.source == "builtin" and isinstance(t.user, st.PromptTemplate), name
+        assert isinstance(t.official_user, st.PromptTemplate) and t.description, name
+    chlw = st.get_task("Note-CHLW").user
+    assert chlw.split == (("content", "chlw"),) and chlw.fields == ("content",)
+    assert st.get_task("Note-MRC-simple").fields == ("query", "content")
+
+
+@pytest.mark.parametrize("name", ["Note-CHLW", "Note-MRC-complex", "Note-QueryCorr-topic", "Note-Taxonomy-multiple"])
+def test_a_user_yaml_task_renders_like_the_builtin_it_copies(tmp_path, sns_items, name):
+    """One loader: the built-in spec, saved as a user's YAML file, gives the same prompts and golds."""
+    spec = {**_builtin_spec(name), "name": f"Copy-{name}"}
+    path = tmp_path / "copy.yaml"
+    path.write_text(yaml.safe_dump(spec, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    copy = st.register_yaml_task(path)
+    try:
+        assert copy.source == str(path) and copy.fields == st.get_task(name).fields
+        items = [i for p, v in sns_items.items() if p.stem == name for i in v]
+        for style in st.STYLES:
+            for item in items:
+                assert st.prompt_messages(copy, item, style) == st.prompt_messages(name, item, style)
+                assert st.answer_text(copy, item, style) == st.answer_text(name, item, style)
+    finally:
+        st.unregister_task(copy.name)
+
+
+def test_yaml_system_with_worked_examples_and_named_transforms(tmp_path):
+    spec = tmp_path / "fence.yaml"
+    spec.write_text(
+        "name: Note-Fence\nfamily: Demo\nmax_new_tokens: 4\nsystem: |\n  Say the topic.\n"
+        "user:\n  template: |\n    Text: {text}\n    Topic:\n  transforms: {text: strip_fence}\n"
+        "official_system:\n  definition: Name the topic of the text.\n  examples:\n"
+        "    - {input: 'Text: rain all day', answer: weather}\n    - {input: 'Text: 3-1 win', answer: sport}\n"
+        "  closing: Answer with one word.\n"
+        'official_user: "Text: {text}\\nAnswer:"\n',
+        encoding="utf-8",
+    )
+    task = st.register_yaml_task(spec)
+    try:
+        item = {"text": "```\n sunny again ```", "answer": "weather"}
+        (system, user), (o_system, o_user) = (st.prompt_messages(task, item, s) for s in st.STYLES)
+        assert system["content"] == "Say the topic."  # a block scalar's final newline is not part of it
+        assert user["content"] == "Text: sunny again\nTopic:"
+        assert o_system["content"] == (
+            "Name the topic of the text.\n\nExamples:\n\nText: rain all day\nAnswer: weather\n\n"
+            "Text: 3-1 win\nAnswer: sport\n\nAnswer with one word."
+        )
+        assert o_user["content"] == "Text: ```\n sunny again ```\nAnswer:"  # no transform in this style
+    finally:
+        st.unregister_task("Note-Fence")
+
+
+BASE = "name: X\nfamily: F\nmax_new_tokens: 3\nsystem: s\n"
+
+
+@pytest.mark.parametrize(
+    "body, error",
+    [
+        ("user: {template: '{a}', transforms: {a: strp}}\n", r"bad.yaml:5: unknown transform 'strp'.*'strip'"),
+        ("user:\n  template: '{a}'\n  split: {a: chwl}\n", r"bad.yaml:7: unknown split 'chwl'.*'chlw'"),
+        ("user: '{a}'\nredone_answer: result\n", r"bad.yaml:6: unknown redone_answer 'result'.*'result_block'"),
+        ("user: '{a}'\nanswer_type: dict\n", r"bad.yaml:6: unknown answer_type 'dict'"),
+        ("user:\n  template: '{a}'\n  transforms: {b: strip}\n", r"bad.yaml:7: transform of \{b\}, which user"),
+        ("user:\n  template: '{a}'\n  fallback: '{a}'\n", r"bad.yaml:7: a fallback needs a split"),
+        ("user:\n  template: '{comment}'\n  split: {a: chlw}\n  fallback: '{comment}'\n",
+         r"bad.yaml:8: the fallback must not use the split's parts"),
+        ("user: '{a}'\nofficial_user: '{a}'\n", r"bad.yaml:1: task X: give official_system and official_user"),
+        ("user: '{a}'\nofficial_system: {definition: d}\nofficial_user: '{a}'\n", r"bad.yaml:6: missing key 'examples'"),
+        ("user: '{a}'\nofficial_system: {definition: d, examples: [{input: i, answer: 3}]}\nofficial_user: '{a}'\n",
+         r"bad.yaml:6: answer must be a string"),
+        ("user:\n  template: '{a}'\n  transform: {a: strip}\n", r"bad.yaml:7: unknown key 'transform'.*'transforms'"),
+        ("user: '{a}'\nsystem: t\n", r"bad.yaml:6: duplicate key 'system'"),
+    ],
+)
+def test_yaml_task_errors_name_file_and_line(tmp_path, body, error):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BASE + body, encoding="utf-8")
+    with pytest.raises(RedoneError, match=error):
+        st.register_yaml_task(bad)
+    assert "X" not in st.list_tasks()
+
+
+@pytest.mark.parametrize("budget", ["0", "-5", "true", "'32'"])
+def test_yaml_budget_must_be_a_positive_integer(tmp_path, budget):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BASE.replace("max_new_tokens: 3", f"max_new_tokens: {budget}") + "user: '{a}'\n", encoding="utf-8")
+    with pytest.raises(RedoneError, match=r"bad.yaml:3: max_new_tokens must be a positive integer"):
+        st.register_yaml_task(bad)
+
+
+def test_split_without_fallback_refuses_an_unknown_layout(tmp_path):
+    spec = tmp_path / "hl.yaml"
+    spec.write_text(BASE.replace("X", "Note-HL") + "user:\n  template: 'C: {comment} O: {options}'\n"
+                    "  split: {content: chlw}\n", encoding="utf-8")
+    task = st.register_yaml_task(spec)
+    try:
+        good = "Comment: nice lamp Possible highlight word options list: ['lamp'] Please provide the list"
+        assert st.prompt_messages(task, {"content": good})[1]["content"] == "C: nice lamp O: ['lamp']"
+        with pytest.raises(DataError, match=r"^items.json:3: field 'content' does not have the layout the 'chlw'"):
+            st.prompt_messages(task, {"content": "odd layout"}, where="items.json:3")
+    finally:
+        st.unregister_task("Note-HL")
+
+
+# ---------------------------------------------------------------- generation budgets
+
+
+@pytest.fixture(scope="module")
+def gold_tokens(sns_items) -> dict[str, dict[str, list[int]]]:
+    """Token length of every shipped gold answer (train + test), by task and style, in SmolLM2 tokens."""
+    from redone.model import load_tokenizer
+
+    tok = load_tokenizer("smollm2-135m-instruct")
+    golds: dict[str, dict[str, list[str]]] = {}
+    for p, items in sns_items.items():
+        for style in st.STYLES:
+            golds.setdefault(p.stem, {}).setdefault(style, []).extend(st.answer_text(p.stem, i, style) for i in items)
+    for split in ("train", "test"):
+        for item in st.load_items(DATA / "sns_transbench" / f"{split}.json"):
+            task = st.transbench_task(item)
+            for style in st.STYLES:
+                golds.setdefault(task, {}).setdefault(style, []).append(st.answer_text(task, item, style))
+    unique = sorted({t for by_style in golds.values() for texts in by_style.values() for t in texts})
+    length = dict(zip(unique, map(len, tok(unique, add_special_tokens=False)["input_ids"])))
+    return {task: {style: [length[t] for t in texts] for style, texts in by_style.items()}
+            for task, by_style in golds.items()}
+
+
+def test_budgets_fit_the_longest_gold_answer(gold_tokens):
+    """budget = ceil4(max + 1 + ceil(max / 10)): the longest gold in either style, its end-of-turn token
+    and a 10% margin, so a model that writes a gold-length answer is never cut (builtin_tasks.yaml)."""
+    assert set(gold_tokens) == set(st.list_tasks())
+    longest = {task: max(max(v) for v in by_style.values()) for task, by_style in gold_tokens.items()}
+    # Recorded with SmolLM2's tokenizer; MRC-complex's official gold keeps all four tags.
+    assert longest == {
+        "Note-Taxonomy-single": 8, "Note-Taxonomy-multiple": 17, "Note-Hashtag-single": 19,
+        "Note-Hashtag-multiple": 62, "Note-QueryCorr-topic": 2, "Note-QueryCorr-explain": 1,
+        "Note-MRC-simple": 732, "Note-MRC-complex": 853, "Note-NER": 25, "Note-Gender": 1, "Note-CHLW": 24,
+        "Note-QueryGen": 17, "TransBench-zh2en": 1060, "TransBench-en2zh": 1999,
+    }
+    assert max(gold_tokens["Note-MRC-complex"]["redone"]) == 670
+    for task, n in longest.items():
+        budget = st.get_task(task).max_new_tokens
+        assert budget > n, task
+        assert budget == -(-(n + 1 + -(-n // 10)) // 4) * 4, task
 
 
 # ---------------------------------------------------------------- loading and validation
