@@ -1,4 +1,8 @@
-"""SNS-Bench scorers: hand-made cases with known scores, both modes, and gold answers on the real data."""
+"""SNS-Bench scorers: hand-made cases with known scores in both modes (fixed, official), gold answers on the
+real data, the mode API, and the per-item scores / format check the RL rewards use.
+
+The official mode is checked item by item against numbers recorded from the official code in
+test_official_scoring.py; the official expectations here are derived by hand from its formulas."""
 
 from __future__ import annotations
 
@@ -12,7 +16,16 @@ import pytest
 
 from redone.errors import RedoneError
 from redone.sns import scoring
-from redone.sns.scoring import SNS_FILES, TASK_OF_FILE, TASKS, aggregate, gold_text, score_file
+from redone.sns.scoring import (
+    SNS_FILES,
+    TASK_OF_FILE,
+    TASKS,
+    aggregate,
+    gold_text,
+    item_scores,
+    parsed_ok,
+    score_file,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,10 +44,10 @@ def load(split: str, file: str) -> list[dict]:
 
 
 def both(file, predictions, items, **kwargs):
-    """Scores in (fixed, bug-compatible) mode."""
+    """Scores in (fixed, official) mode."""
     fixed = score_file(file, predictions, items, **kwargs)
-    bug = score_file(file, predictions, items, bug_compatible=True, **kwargs)
-    return fixed, bug
+    official = score_file(file, predictions, items, mode="official", **kwargs)
+    return fixed, official
 
 
 # ----------------------------------------------------------------------------------------------- API
@@ -171,9 +184,13 @@ def test_comma_list_micro_f1(file):
     preds = ["Answer: A, B, X\nA note about it", "D<|im_end|>E"]
     fixed, bug = both(file, preds, items)
     # P = {A,B,X} + {D}, G = {A,B,C} + {D,E}: TP 3, F1 = 6 / 9.
-    for result in (fixed, bug):
-        assert result["score"] == pytest.approx(200 / 3)
-        assert result["metrics"]["precision"] == 75.0 and result["metrics"]["recall"] == 60.0
+    assert fixed["score"] == pytest.approx(200 / 3)
+    assert fixed["metrics"]["precision"] == 75.0 and fixed["metrics"]["recall"] == 60.0
+    # Official: round(6 / (9 + 1e-4), 4) = 0.6667; P round(3 / 4.0001, 4) = 0.75, R round(3 / 5.0001, 4) = 0.6.
+    assert bug["score"] == pytest.approx(66.67, abs=1e-12)
+    assert bug["metrics"]["precision"] == pytest.approx(75.0) and bug["metrics"]["recall"] == pytest.approx(
+        60.0
+    )
     assert score_file(file, ["", ""], items)["score"] == 0.0
     assert score_file(file, ["A, B, C", "D, E"], items)["score"] == 100.0
 
@@ -181,6 +198,15 @@ def test_comma_list_micro_f1(file):
 def test_comma_list_is_case_sensitive_and_uses_sets():
     assert score_file("Note-NER", ["women"], [{"answer": "Women"}])["score"] == 0.0
     assert score_file("Note-NER", ["T-Shirt"], [{"answer": "T-Shirt, T-Shirt"}])["score"] == 100.0
+
+
+def test_comma_list_blank_segment_is_an_empty_tag_officially():
+    items = [{"answer": "F, G"}]
+    fixed, official = both("Note-Hashtag-multiple", ["F, , G"], items)
+    assert fixed["score"] == 100.0
+    # Official: "F, , G" -> {"F", "", "G"}: TP 2, |P| 3, |G| 2 -> round(4 / 5.0001, 4) = 0.8.
+    assert official["score"] == pytest.approx(80.0)
+    assert score_file("Note-Hashtag-multiple", ["F,,G"], items, mode="official")["score"] == 100.0
 
 
 # ------------------------------------------------------------------------------ QueryCorr-topic
@@ -194,7 +220,12 @@ def test_query_corr_topic_macro_f1_and_success_ratio():
     assert fixed["success_ratio"] == bug["success_ratio"] == 0.75
     # Levels seen: 3 (F1 1), -1 (1), 0 (0), 1 (0); official also averages in level 2 (unseen, F1 0).
     assert fixed["metrics"]["macro_f1"] == 50.0 and fixed["score"] == 37.5
-    assert bug["metrics"]["macro_f1"] == 40.0 and bug["score"] == 30.0
+    # Official (points, 1e-5 epsilons): levels 3 and -1 have P = R = 100 / (1 + 1e-5); the other three 0.
+    p = 100 / (1 + 1e-5)
+    f1 = 2 * p * p / (2 * p + 1e-5)
+    assert bug["metrics"]["macro_f1"] == pytest.approx(2 * f1 / 5, rel=1e-12)
+    assert bug["score"] == pytest.approx(0.75 * 2 * f1 / 5, rel=1e-12)
+    assert bug["score"] == pytest.approx(30.0, abs=1e-3)
     assert score_file("Note-QueryCorr-topic", ["none"] * 4, items)["score"] == 0.0
 
 
@@ -211,8 +242,15 @@ def test_mrc_simple_perfect_and_bracket_quirk():
     assert perfect[1] == "[]" and perfect[2] == "['I am so sad [Cry R] today']"
     fixed, bug = both("Note-MRC-simple", perfect, items)
     assert fixed["score"] == pytest.approx(100.0) and fixed["success_ratio"] == 1.0
-    # Official: the first flat [...] is "[Cry R]", which is no list -> error; the rest is perfect.
-    assert bug["success_ratio"] == pytest.approx(2 / 3) and bug["score"] == pytest.approx(200 / 3)
+    # Official: the first flat [...] is "[Cry R]", which is no list -> error; the rest is perfect up to the
+    # official epsilons: existence P = R = 1 / (1 + 1e-4), F1 = 2PR / (P + R + 1e-4); ROUGE F = 2 / (2 + 1e-8).
+    assert bug["success_ratio"] == pytest.approx(2 / 3)
+    p = 1 / (1 + 1e-4)
+    f1, rouge = 2 * p * p / (2 * p + 1e-4), 2 / (2 + 1e-8)
+    assert bug["metrics"]["bleu"] == 100.0 and bug["metrics"]["rouge1"] == pytest.approx(
+        100 * rouge, rel=1e-12
+    )
+    assert bug["score"] == pytest.approx(200 / 3 * np.mean([f1, 1, rouge, rouge, rouge]), rel=1e-12)
 
 
 def test_mrc_simple_partial_scores():
@@ -300,11 +338,12 @@ def test_mrc_complex_partial_scores():
     assert m["option_em"] == pytest.approx(100 * (0.5 + 1 + 0) / 3)
     assert fixed["success_ratio"] == 0.75
     assert fixed["score"] == pytest.approx(0.75 * np.mean([200 / 3, 190 / 3, 50.0]))
-    # Official: a Latin option is one token and '!' is kept, so item 1 scores 0; success = 1 - 1/1000.
+    # Official: a Latin option is one token and '!' is kept, so item 1 scores 0; the one parse error counts
+    # against the 4 items (the old code/ scorer divided by a hard-coded 1000).
     b = bug["metrics"]
     assert (b["option_f1"], b["option_em"]) == pytest.approx((100 / 3, 100 / 3))
-    assert bug["success_ratio"] == pytest.approx(0.999)
-    assert bug["score"] == pytest.approx(0.999 * np.mean([200 / 3, 100 / 3, 100 / 3]))
+    assert bug["success_ratio"] == 0.75
+    assert bug["score"] == pytest.approx(0.75 * np.mean([200 / 3, 100 / 3, 100 / 3]))
 
 
 def test_mrc_complex_unparseable_output_and_cjk_tokens():
@@ -442,10 +481,12 @@ def test_gold_answers_score_100_in_fixed_mode(file):
 
 
 @pytest.mark.parametrize("file", SNS_FILES)
-def test_gold_answers_in_bug_compatible_mode(file):
+def test_gold_answers_in_official_mode(file):
     items = load("test", file)
-    result = score_file(file, [gold_text(file, item) for item in items], items, bug_compatible=True)
-    assert result["score"] == pytest.approx(_expected_bug_compatible(file, items))
+    result = score_file(file, [gold_text(file, item) for item in items], items, mode="official")
+    # The official epsilons (1e-4 in MRC-simple's existence F1, 1e-5 in QueryCorr-topic, 1e-8 in ROUGE) keep
+    # a perfect file a hair under its quirk-free figure.
+    assert result["score"] == pytest.approx(_expected_bug_compatible(file, items), abs=0.01)
     assert abs(result["score"] - OFFICIAL_GOLD_SCORES.get(file, 100)) < 3
 
 
@@ -488,3 +529,242 @@ def test_aggregate_reports_missing_tasks_and_partial_pairs():
     assert any("MRC" in note for note in agg["notes"])
     with pytest.raises(RedoneError, match="unknown SNS-Bench file"):
         aggregate({"Note-Bogus": {"score": 1.0}})
+
+
+# ---------------------------------------------------------------------------------------------- modes
+
+
+def test_mode_keyword_and_the_former_flag():
+    items = [{"answer": "Trends", "candidates": "Trends, Food"}]
+    official = score_file("Note-Taxonomy-single", ["Trends"], items, mode="official")
+    assert official == score_file("Note-Taxonomy-single", ["Trends"], items, bug_compatible=True)
+    assert (official["mode"], official["score"]) == ("official", 0.0)  # "Trends" -> "Tr" officially
+    fixed = score_file("Note-Taxonomy-single", ["Trends"], items, mode="fixed")
+    assert (fixed["mode"], fixed["score"]) == ("fixed", 100.0)
+    assert aggregate({"Note-Taxonomy-single": official})["mode"] == "official"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"mode": "legacy"}, "unknown SNS-Bench scoring mode 'legacy'"),
+        ({"mode": "fixed", "bug_compatible": True}, "bug_compatible=True means mode='official'"),
+    ],
+)
+def test_bad_mode_raises(kwargs, message):
+    with pytest.raises(RedoneError, match=message):
+        score_file("Note-Gender", ["Yes"], [{"answer": "Yes"}], **kwargs)
+    with pytest.raises(RedoneError, match="unknown SNS-Bench scoring mode"):
+        item_scores("Note-Gender", ["Yes"], [{"answer": "Yes"}], mode="Official")
+    with pytest.raises(RedoneError, match="unknown SNS-Bench scoring mode"):
+        parsed_ok("Note-Gender", "Yes", mode="bug_compatible")
+
+
+def test_official_notes_where_the_official_code_raises():
+    # An emoji-only TP pair is empty after demoji: the official rouge call raises ("Rouge Error").
+    result = score_file("Note-MRC-simple", ["['🔆']"], [mrc_item(["🔆"])], mode="official")
+    assert result["metrics"]["rouge1"] == 0.0 and "Rouge Error" in result["notes"][0]
+    assert "notes" not in score_file("Note-MRC-simple", ["['🔆']"], [mrc_item(["🔆"])])
+    # MRC-complex with no TP but both an FP and an FN: the official total F1 is 0 / 0.
+    items = [{"answer": GOLD_EMPTY}, {"answer": GOLD_FAN}]
+    result = score_file("Note-MRC-complex", [GOLD_FAN, "<Result>[]</Result>"], items, mode="official")
+    assert result["metrics"]["existence_f1"] == 0.0 and "ZeroDivisionError" in result["notes"][0]
+
+
+# ------------------------------------------------------------------------- per-item scores (rewards)
+
+# One output per file that does not follow the file's protocol (or is empty).
+UNPARSABLE = {
+    "Note-Taxonomy-single": "",
+    "Note-Taxonomy-multiple": "I am not sure which category",
+    "Note-Hashtag-single": "<|im_end|>",
+    "Note-Hashtag-multiple": "\n",
+    "Note-QueryCorr-topic": "no idea",
+    "Note-QueryCorr-explain": "Maybe",
+    "Note-MRC-simple": "The note does not say.",
+    "Note-MRC-complex": "I found nothing.",
+    "Note-NER": "",
+    "Note-Gender": "Perhaps",
+    "Note-CHLW": "nothing to highlight",
+    "Note-QueryGen": "",
+}
+# Plain-mean files: the file score is 100 x the mean of the item scores.
+PLAIN_MEAN = [
+    "Note-Taxonomy-single",
+    "Note-Taxonomy-multiple",
+    "Note-Hashtag-single",
+    "Note-QueryCorr-explain",
+    "Note-Gender",
+    "Note-QueryGen",
+]
+
+
+def toy_embedder(texts):
+    """One-hot of the length mod 8: cosines are exactly 0 or 1 (the fixture's stand-in for bge-large)."""
+    return np.eye(8)[[len(t) % 8 for t in texts]]
+
+
+def _official_quirk(file: str, item: dict) -> bool:
+    """Gold items the official rules cannot score full marks (see _expected_bug_compatible)."""
+    if file in ("Note-Taxonomy-single", "Note-Hashtag-single"):
+        return bool(_OFFICIAL_UNMATCHABLE.search(item["answer"]))
+    if file == "Note-Taxonomy-multiple":
+        return "end" in item["answer"]
+    if file == "Note-MRC-simple":
+        return any(re.search(r"[\[\]]", s) for s in item["answer"])
+    return False
+
+
+@pytest.mark.parametrize("file", SNS_FILES)
+def test_gold_scores_one_per_item(file):
+    items = load("test", file)
+    golds = [gold_text(file, item) for item in items]
+    assert item_scores(file, golds, items) == pytest.approx([1.0] * len(items))
+    assert all(parsed_ok(file, g) for g in golds)
+    official = item_scores(file, golds, items, mode="official")
+    quirks = [_official_quirk(file, item) for item in items]
+    # Quirk items score 0; the rest 1 (MRC-simple: ROUGE's 1e-8 epsilon leaves 1 - 6e-9).
+    assert official == pytest.approx([0.0 if q else 1.0 for q in quirks], abs=1e-7)
+    if file == "Note-MRC-simple":
+        assert [parsed_ok(file, g, mode="official") for g in golds] == [not q for q in quirks]
+    else:
+        assert all(parsed_ok(file, g, mode="official") for g in golds)
+
+
+@pytest.mark.parametrize("mode", ["fixed", "official"])
+@pytest.mark.parametrize("file", SNS_FILES)
+def test_unparsable_output_scores_zero_and_fails_the_format_check(file, mode):
+    items = load("test", file)[:5]
+    bad = UNPARSABLE[file]
+    assert item_scores(file, [bad] * len(items), items, mode=mode, embedder=None) == [0.0] * len(items)
+    assert not parsed_ok(file, bad, mode=mode)
+    assert not parsed_ok(file, None, mode=mode)
+
+
+@pytest.mark.parametrize("mode", ["fixed", "official"])
+@pytest.mark.parametrize("file", PLAIN_MEAN)
+def test_plain_mean_files_average_their_item_scores(file, mode):
+    items = load("test", file)
+    golds = [gold_text(file, item) for item in items]
+    # Wrong answers (golds shifted by one) on every other item, right ones elsewhere.
+    preds = [g if i % 2 else golds[(i + 1) % len(golds)] for i, g in enumerate(golds)]
+    for embedder in (None, toy_embedder) if file == "Note-QueryGen" else (None,):
+        scores = item_scores(file, preds, items, mode=mode, embedder=embedder)
+        result = score_file(file, preds, items, mode=mode, embedder=embedder)
+        assert 0 < result["score"] < 100
+        assert 100 * float(np.mean(scores)) == pytest.approx(result["score"], abs=1e-9)
+
+
+def test_item_scores_of_set_files_are_per_item_f1():
+    items = [{"answer": "A, B, C"}, {"answer": "D, E"}, {"answer": "F"}]
+    preds = ["Answer: A, B, X\nA note about it", "D<|im_end|>E", "G"]
+    assert item_scores("Note-NER", preds, items) == pytest.approx([2 / 3, 2 / 3, 0.0])
+    # Official: "F, , G"-style blanks count as a tag "".
+    assert item_scores("Note-Hashtag-multiple", ["A, , B"], [{"answer": "A, B"}], mode="official") == [0.8]
+    chlw = [{"answer": "[]"}, {"answer": "['Chongming']"}, {"answer": "['a', 'b']"}]
+    assert item_scores("Note-CHLW", ["[]", "['Chongming', 'extra']", "nothing"], chlw) == pytest.approx(
+        [1.0, 2 / 3, 0.0]
+    )
+
+
+def test_item_scores_of_query_corr_topic_are_exact_levels():
+    items = [{"answer": "3"}, {"answer": "-1"}, {"answer": "0"}, {"answer": "2"}]
+    preds = ["Score: 3", "-1", "I think 10", "no idea"]
+    for mode in ("fixed", "official"):
+        assert item_scores("Note-QueryCorr-topic", preds, items, mode=mode) == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_item_scores_of_mrc_files():
+    items = [mrc_item(["the shop opens at nine"]), mrc_item([]), mrc_item([]), mrc_item(["x y z w"])]
+    preds = ["Answer: ['the shop opens at ten']", "[]", "['made up']", "no list here"]
+    # TP: mean of (existence hit, BLEU, ROUGE-1/2/L) as in test_mrc_simple_partial_scores; TN 1; FP 0; error 0.
+    tp = np.mean([1.0, 0.66874030497642, 0.8, 0.75, 0.8])
+    assert item_scores("Note-MRC-simple", preds, items) == pytest.approx([tp, 1.0, 0.0, 0.0])
+    complex_items = [
+        {"answer": GOLD_TWO},
+        {"answer": GOLD_EMPTY},
+        {"answer": GOLD_FAN},
+        {"answer": GOLD_EMPTY},
+    ]
+    complex_preds = [
+        '<Result>[{"Option": "Backpack", "Reason": "a"}, {"Option": "Table Lamp Light", "Reason": "b"}]</Result>',
+        "<Result>[]</Result>",
+        '<Result>[{"Option": "Fan"}]</Result>',
+        '<Result>[{"Option": "Fan", "Reason": "y"}]</Result>',
+    ]
+    # TP: (hit 1 + option F1 (1 + 0.8) / 2 + option EM 1/2) / 3; official: "table lamp light" is one token.
+    assert item_scores("Note-MRC-complex", complex_preds, complex_items) == pytest.approx(
+        [0.8, 1.0, 0.0, 0.0]
+    )
+    assert item_scores("Note-MRC-complex", complex_preds, complex_items, mode="official") == pytest.approx(
+        [2 / 3, 1.0, 0.0, 0.0]
+    )
+
+
+def test_item_scores_of_query_gen_clip_a_negative_cosine():
+    def opposite(texts):
+        return np.array([[1.0, 0.0] if "tea" in t else [-1.0, 0.0] for t in texts])
+
+    items = [{"answer": "tea bar"}]
+    assert item_scores("Note-QueryGen", ["sea bar"], items, embedder=opposite) == pytest.approx(
+        [(0.0 + 6 / 7) / 2]  # cosine -1 -> 0; ANLS 1 - 1/7
+    )
+    assert score_file("Note-QueryGen", ["sea bar"], items, embedder=opposite)["score"] == pytest.approx(
+        (-100 + 600 / 7) / 2  # the file score keeps the raw cosine
+    )
+    assert item_scores("Note-QueryGen", ["tea bar\nwhy"], items) == [1.0]
+    assert item_scores("Note-QueryGen", ["tea bar\nwhy"], items, mode="official") == pytest.approx([7 / 11])
+
+
+def test_item_scores_stay_in_the_unit_interval_on_perturbed_outputs():
+    rng = np.random.default_rng(0)
+    for file in SNS_FILES:
+        items = load("test", file)[:20]
+        golds = [gold_text(file, item) for item in items]
+        preds = [
+            g[: int(rng.integers(0, len(g) + 1))] + ("\nextra" if rng.random() < 0.5 else "") for g in golds
+        ]
+        for mode in ("fixed", "official"):
+            scores = item_scores(file, preds, items, mode=mode, embedder=toy_embedder)
+            assert len(scores) == len(items) and all(0.0 <= s <= 1.0 for s in scores), (file, mode)
+
+
+@pytest.mark.parametrize(
+    "file, text, fixed, official",
+    [
+        ("Note-Taxonomy-multiple", "Home | Kitchen, Dining | Cups", True, True),
+        ("Note-Taxonomy-multiple", "Home | Kitchen", False, False),
+        ("Note-Gender", "答案：Yes", True, False),  # official removes only "Answer:"
+        ("Note-Gender", "Answer: No.", True, True),
+        ("Note-Hashtag-multiple", " , ", False, False),
+        ("Note-QueryCorr-topic", "the level is 2", True, True),
+        ("Note-MRC-simple", "'a bare quoted string'", False, True),  # official eval joins its characters
+        ("Note-MRC-simple", "['sad [Cry R] today']", True, False),  # official: first flat span "[Cry R]"
+        ("Note-CHLW", "('tea',)", False, False),
+        ("Note-MRC-complex", "<Result>json[]</Result>", False, True),  # official lstrip('```json')
+        ("Note-QueryGen", "  \nquery", False, True),  # official strips before taking the first line
+    ],
+)
+def test_parsed_ok_per_protocol(file, text, fixed, official):
+    assert parsed_ok(file, text) is fixed
+    assert parsed_ok(file, text, mode="official") is official
+
+
+def test_fixed_item_score_is_the_file_score_of_that_item_alone():
+    """In fixed mode the per-item form is exactly the file metric on a one-item file (x100), every file;
+    official mode breaks this on purpose (epsilons, 5-level macro-F1, existence F1 0 on a lone TN)."""
+    rng = np.random.default_rng(1)
+    for file in SNS_FILES:
+        items = load("test", file)[:12]
+        golds = [gold_text(file, item) for item in items]
+        preds = [
+            g
+            if rng.random() < 0.4
+            else golds[(i + 1) % len(golds)]
+            if rng.random() < 0.5
+            else g[: len(g) // 2]
+            for i, g in enumerate(golds)
+        ]
+        scores = item_scores(file, preds, items, embedder=toy_embedder)
+        alone = [score_file(file, [p], [it], embedder=toy_embedder)["score"] for p, it in zip(preds, items)]
+        assert [100 * s for s in scores] == pytest.approx(alone, abs=1e-9), file
