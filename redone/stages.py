@@ -20,7 +20,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from redone.config import load as config_load
-from redone.config.schema import CPTConfig, DPOConfig, RunConfig, SFTConfig
+from redone.config.schema import CPTConfig, DPOConfig, RLConfig, RunConfig, SFTConfig
 from redone.errors import ConfigError
 
 
@@ -40,6 +40,8 @@ SPECS: dict[str, StageSpec] = {spec.name: spec for spec in (
               "multi-task supervised fine-tuning (assistant-token loss)"),
     StageSpec("dpo", DPOConfig, "redone.train.dpo:DPOStage", "redone.data.dpo:build_dpo_data",
               "direct preference optimisation against cached reference log-probs"),
+    StageSpec("rl", RLConfig, "redone.train.rl:RLStage", "redone.data.rl:build_rl_data",
+              "GRPO/DAPO on verifiable rewards: the SNS-Bench metrics of sampled answers"),
 )}
 STAGE_NAMES: tuple[str, ...] = tuple(SPECS)
 
@@ -75,6 +77,23 @@ def load_config(name: str, path: str | Path | None, overrides=()) -> RunConfig:
     config_cls = spec(name).config
     raw = config_load.read_yaml_with_defaults(Path(path)) if path else OmegaConf.create({})
     return config_load.build_config(config_cls, raw, overrides, origin=str(path or "<overrides>"))
+
+
+def prepare_data(name: str, config: RunConfig) -> dict:
+    """Run the stage's data path as ``redone train`` would (filling its caches) and return the report."""
+    import time
+
+    from redone.data.report import stage_report
+    from redone.model import load_tokenizer
+
+    clock = time.perf_counter()
+    tokenizer = load_tokenizer(config.model.name_or_path, config.model.trust_remote_code)
+    if name == "dpo" and config.data.sample_rejected:
+        # Sampled rejected answers come from the starting model: build the stage as training does.
+        data = stage_class(name)(config, tokenizer).data
+    else:
+        data = data_builder(name)(config, tokenizer)
+    return stage_report(name, config, data, time.perf_counter() - clock)
 
 
 def run_stage(config: RunConfig):

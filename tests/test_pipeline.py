@@ -121,7 +121,7 @@ def test_only_and_from_need_upstream(pipeline_file):
     with pytest.raises(ConfigError, match="--from: 'rl' is not one of"):
         run_pipeline(pipeline_file, [], start="rl", log=lambda _: None)
     # A bad eval value is refused before any stage trains.
-    with pytest.raises(ConfigError, match="eval.subset must be one of first, spread"):
+    with pytest.raises(ConfigError, match=r"eval.subset: unknown value 'random' \(choose from first, spread\)"):
         run_pipeline(pipeline_file, ["eval.subset=random"], log=lambda _: None)
     assert not (pipeline_file.parent / "run" / "cpt").exists()
 

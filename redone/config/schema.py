@@ -67,44 +67,56 @@ class DataSection:
     cache_dir: Optional[str] = None  # default: $REDONE_HOME/data_cache
 
 
+# The quality filters, in the order they run (the first failing one is a document's single drop reason).
+FILTER_NAMES = ("too_short", "too_long", "url_only", "hashtag_only", "symbol_ratio", "repeated_lines",
+                "ngram_repetition", "script")
+SCRIPTS = ("any", "latin", "cjk", "mixed")
+
+
 @dataclass
 class QualityFilters:
-    """``data.quality.filters``: mirrors ``redone.data.quality.FilterConfig`` (definitions there)."""
+    """``data.quality.filters``: thresholds of the quality filters (definitions: redone/data/filters.py)."""
 
-    min_chars: int = 20  # CJK characters count twice
+    min_chars: int = 20  # of weighted_length(): CJK characters count twice, so 10 Chinese characters pass
     max_chars: int = 100_000
-    max_symbol_ratio: float = 0.3  # symbols / non-space chars (emoji are text, not symbols)
-    max_repeated_line_ratio: float = 0.3
+    max_symbol_ratio: float = 0.3  # symbols / non-space chars; emoji are text, not symbols
+    max_repeated_line_ratio: float = 0.3  # duplicate lines / lines, over lines that contain a word
     max_ngram_repetition: float = 0.2  # share of token chars covered by the most repeated n-gram
     ngram_repetition_n: int = 3
-    script: str = "any"  # any | latin | cjk | mixed
+    script: str = "any"  # any | latin | cjk | mixed (= latin + cjk), measured over letters
     min_script_share: float = 0.0
     drop_url_only: bool = True
     drop_hashtag_only: bool = True
-    # Filters that run, by name (null = every one switched on; [] = none): too_short, too_long, url_only,
-    # hashtag_only, symbol_ratio, repeated_lines, ngram_repetition, script.
+    # Filters that run, by name (null = every one switched on; [] = none): see FILTER_NAMES.
     enabled: Optional[list[str]] = None
 
 
 @dataclass
 class QualityDedup:
-    """``data.quality.dedup``: mirrors ``redone.data.quality.DedupConfig``; global across sources."""
+    """``data.quality.dedup``: exact and near-duplicate removal, global across sources (redone/data/dedup.py)."""
 
     exact: bool = True  # normalised-text hash
     near: bool = True  # MinHash-LSH
-    threshold: float = 0.8  # estimated Jaccard of shingle sets
+    threshold: float = 0.8  # estimated Jaccard similarity of shingle sets at which docs are near dups
     num_perm: int = 128
-    shingle: str = "word3"  # wordN | charN
+    # wordN: N consecutive tokens (so N characters of CJK text) | charN: N chars of normalised text.
+    shingle: str = "word3"
     seed: int = 0
 
 
 @dataclass
 class QualityDecontam:
-    """``data.quality.decontam``: mirrors ``redone.data.quality.DecontamConfig``."""
+    """``data.quality.decontam``: drop training texts that share n-grams with eval sets (redone/data/decontam.py)."""
 
-    ngram: int = 13
-    min_overlap: int = 1
+    ngram: int = 13  # tokens: 13 words of Latin text, 13 characters of CJK text
+    min_overlap: int = 1  # distinct eval n-grams a text must contain to count as contaminated
+    # Eval items with fewer tokens than ``ngram`` are indexed whole (one n-gram of their own length);
+    # items shorter than this are skipped: "Yes" or "Travel" would match half the corpus.
     min_item_tokens: int = 8
+    # n-grams found in at least this many distinct items of one eval set (near-duplicate items
+    # count once) belong to no single item: the benchmark's prompt template ("Please provide a list
+    # of words you think are suitable ...", in variants) rather than item content. They are not
+    # indexed, or every training text built from the same template would be dropped. 0 = keep all.
     boilerplate_min_items: int = 2
     # SNS-Bench test folders, TransBench .json files, .jsonl files with a "text" field; relative paths
     # are relative to the working dir. [] turns decontamination off.
@@ -113,7 +125,7 @@ class QualityDecontam:
 
 @dataclass
 class QualitySection:
-    """``data.quality``: CPT curation (filters -> dedup -> decontamination), see redone/data/prepare.py."""
+    """``data.quality``: CPT curation (filters -> dedup -> decontamination), see redone/data/curate.py."""
 
     enabled: bool = True
     filters: QualityFilters = field(default_factory=QualityFilters)
@@ -125,6 +137,7 @@ class QualitySection:
 class CPTData(DataSection):
     cross_document_attention: bool = False  # False: position_ids restart per document (masked)
     append_eos: bool = True
+    eval_holdout: int = 0  # documents per source held out (never trained on) for eval_loss/<source>
     quality: QualitySection = field(default_factory=QualitySection)
 
 
@@ -162,6 +175,8 @@ class OptimSection:
     warmup_ratio: float = 0.0
     min_lr_ratio: float = 0.1
     max_grad_norm: float = 1.0
+    # AdamW kernel: fused (one kernel per group, CPU and CUDA; HF Trainer/TRL's default) | foreach | loop
+    implementation: str = "fused"
 
 
 @dataclass
@@ -233,3 +248,142 @@ class DPOConfig(RunConfig):
     data: DPOData = field(default_factory=DPOData)
     dpo: DPOSection = field(default_factory=DPOSection)
 
+
+
+# ---------------------------------------------------------------- evaluation and the pipeline
+
+BENCHES = ("sns-bench", "sns-transbench", "general-ppl", "lm-eval")
+DEFAULT_BENCHES = ("sns-bench", "sns-transbench", "general-ppl")
+SKILL_FREE_BENCHES = ("sns-bench", "sns-transbench")
+SUBSETS = ("first", "spread")
+SCORING_MODES = ("fixed", "official")
+DTYPES = ("float32", "bfloat16", "float16")
+BACKENDS = ("hf", "vllm")
+
+
+@dataclass
+class EvalConfig:
+    """One evaluation run: ``redone eval`` flags, a config file's ``eval:`` section, the pipeline's eval.
+
+    Checked by ``redone.config.validate.check_eval``; run by ``redone.eval.runner.run_eval``.
+    """
+
+    benches: list[str] = field(default_factory=list)  # empty: DEFAULT_BENCHES (SKILL_FREE_BENCHES with skill_free)
+    data_dir: Optional[str] = None  # folder holding sns_bench/, sns_transbench/, general/, preference/
+    split: str = "test"
+    files: list[str] = field(default_factory=list)  # SNS-Bench files to run; empty: all 12
+    limit: Optional[int] = None  # N items per SNS-Bench file and per TransBench direction (None: all)
+    subset: str = "first"  # which N: "first" or "spread" (evenly spaced through the file)
+    out: Optional[str] = None  # result JSON; predictions JSONL and Markdown table go next to it
+    prompt_style: str = "redone"  # redone | official (the SNS-Bench / OpenCompass prompts)
+    max_prompt_chars: Optional[int] = None  # clip long note fields like SFT's data.max_prompt_chars
+    # fixed: our documented corrections | official: the OpenCompass SNS-Bench scorer, quirks included.
+    # The other mode's average is reported too.
+    scoring_mode: str = "fixed"
+    batch_size: int = 8
+    max_new_tokens_cap: Optional[int] = 256  # None or 0: each task's full budget
+    skill_free: bool = False  # score the skill-free baseline (perfect formats, no skill) instead of a model
+    embedder: str = "auto"  # QueryGen: "auto" (bundled all-MiniLM-L6-v2 if installed) | "none" (ANLS only)
+    dtype: str = "float32"  # every column of a comparison must use the same one (bf16 changes answers)
+    attn_implementation: str = "auto"
+    backend: str = "hf"  # hf | vllm
+    device: str = "auto"  # auto: cuda when available, else cpu
+    ppl_max_tokens: int = 16384
+    ppl_context: int = 1024
+    lm_eval_tasks: list[str] = field(default_factory=list)
+    lm_eval_limit: Optional[int] = None
+    progress: bool = True
+    label: Optional[str] = None  # column name in compare tables; default: the model's folder name
+
+
+@dataclass
+class PipelineEvalConfig(EvalConfig):
+    """The pipeline's ``eval:`` section: one EvalConfig for every column, plus which columns."""
+
+    enabled: bool = True
+    models: list[str] = field(default_factory=list)  # "base" and stage names; empty: base + every stage
+    skill_free: bool = True  # the pipeline adds the skill-free baseline as a column
+    # max_prompt_chars unset: the SFT stage's data.max_prompt_chars (eval prompts shaped like training's)
+
+
+@dataclass
+class PipelineConfig:
+    """``redone pipeline``: shared settings, one section per stage (any stage key), and ``eval``."""
+
+    output_root: str = "runs/pipeline"
+    seed: int = 0
+    stages: list[str] = field(default_factory=lambda: ["cpt", "sft", "dpo"])
+    # Delete a stage's step checkpoints once its final/ is written: resume only needs them while the
+    # stage is unfinished, and each one holds the weights plus two Adam moments (3x the model).
+    prune_checkpoints: bool = False
+    model: ModelSection = field(default_factory=ModelSection)
+    tracking: TrackingSection = field(default_factory=TrackingSection)
+    cpt: Any = None
+    sft: Any = None
+    dpo: Any = None
+    rl: Any = None
+    eval: PipelineEvalConfig = field(default_factory=PipelineEvalConfig)
+
+
+# ---------------------------------------------------------------- rl (GRPO / DAPO on verifiable rewards)
+
+
+@dataclass
+class RLSource(SourceSection):
+    # json/jsonl files of task items: the registered task (redone.sns.tasks) whose prompt builder and
+    # reward they use. SNS-Bench folders and TransBench files name their tasks themselves.
+    task: str = ""
+
+
+@dataclass
+class RLData(DataSection):
+    """``data`` of the rl stage: prompts (not answers) from task sources; see redone/data/rl.py."""
+
+    sources: list[RLSource] = field(default_factory=list)
+    prompt_style: str = "redone"  # redone | official (SNS task prompts, as in sft and eval)
+    max_prompt_chars: Optional[int] = None  # clip long note fields (head 2/3 + tail 1/3), as sft/eval
+    # Prompts per task held out (never sampled for training) for the greedy eval_reward/<task> every
+    # train.eval_every steps.
+    eval_holdout: int = 0
+    # A prompt whose tokens plus its answer budget exceed data.seq_len: drop (counted) | error.
+    overlong: str = "drop"
+
+
+@dataclass
+class RLSection:
+    loss_type: str = "dapo"  # grpo | dapo | dr_grpo
+    group_size: int = 8  # completions sampled per prompt (advantages are normalised within a group)
+    # Reward functions, summed with reward_weights (default 1 each): "task" (the SNS-Bench metric of the
+    # prompt's task, per item, in [0, 1]), "format" (the answer parses in the task's protocol), or a user
+    # function "module:function" (signature in redone/sns/rewards.py).
+    rewards: list[str] = field(default_factory=lambda: ["task"])
+    reward_weights: list[float] = field(default_factory=list)
+    scale_rewards: str = "auto"  # group | batch | none | auto (none for dr_grpo, group otherwise)
+    epsilon_low: float = 0.2  # clip range of the importance ratio: [1 - epsilon_low, 1 + epsilon_high]
+    epsilon_high: float = 0.28
+    # DAPO dynamic sampling: groups whose rewards are all equal (no signal) are dropped and the batch is
+    # refilled with fresh prompts, at most max_refill_rounds extra generation rounds per batch.
+    dynamic_sampling: bool = True
+    max_refill_rounds: int = 2
+    # Over-long answers (the task's answer budget): soft (DAPO soft punishment, linear over the last
+    # overlong_buffer share of the budget, times overlong_penalty) | mask (no loss on cut answers) | none
+    overlong: str = "soft"
+    overlong_buffer: float = 0.25
+    overlong_penalty: float = 1.0
+    kl_beta: float = 0.0  # KL(policy || starting policy) weight; 0 = off (DAPO)
+    updates_per_batch: int = 1  # optimizer steps per generation batch (> 1: the clip acts)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    # Cap on every task's answer budget (tasks set their own: 4 tokens for Yes/No, 1024 for MRC-complex).
+    max_new_tokens: Optional[int] = None
+    generation_batch_size: int = 32  # sequences per generate() call
+    backend: str = "auto"  # auto (vllm on CUDA when installed, else hf) | hf | vllm
+    vllm_gpu_memory_utilization: float = 0.3
+
+
+@dataclass
+class RLConfig(RunConfig):
+    stage: str = "rl"
+    data: RLData = field(default_factory=RLData)
+    rl: RLSection = field(default_factory=RLSection)

@@ -1,4 +1,5 @@
-"""Preference pairs for the DPO stage: read from files, or built from SNS task data.
+"""DPO's data path: preference pairs (read from files or built from SNS task data) -> tokens (cached) ->
+train/held-out split -> mixture over pairs -> packed micro-batches.
 
 Sources (one mixture component per pair file, per SNS-Bench task file, per TransBench direction)
 - Pair files (``jsonl``/``json``/``parquet``/hub; ``format: preference``, ``hh_rlhf`` or auto):
@@ -16,7 +17,8 @@ Sources (one mixture component per pair file, per SNS-Bench task file, per Trans
   ``score_transbench``); a rejected answer that does not score strictly below the gold is discarded
   (counted as ``not_worse``). ``data.pairs_per_item`` distinct rejected answers per item at most.
 - Sampled rejected answers (``data.sample_rejected: N``): N answers per task item sampled from the
-  starting model (``redone.train.dpo.RejectedSampler``); each distinct one that the benchmark metric
+  starting model (the ``sample`` callable the DPO stage passes in: ``redone.train.dpo.RejectedSampler``);
+  each distinct one that the benchmark metric
   scores below the gold becomes a pair of kind ``sampled``.
 
 Bad pairs in files: a missing or mistyped field (``malformed``), identical chosen and rejected
@@ -29,7 +31,17 @@ TRL's rule, so both tokenize identically). A pair is stored as one two-part item
 ``prompt+chosen | prompt+rejected``, with the loss mask on completion tokens only. ``data.seq_len``
 bounds each of the two sequences (as TRL's ``max_length``); a longer pair is cut in the middle of its
 last user turn (``truncate_prompt``, the same cut in both sequences), dropped, or refused
-(``data.overlong``), all counted.
+(``data.overlong``), all counted. One cache entry per component, keyed by the source digest, every
+setting that shapes its pairs or tokens, the tokenizer digest and (sampled rejected answers) the
+sampling model's fingerprint.
+
+Batches (``pair_batch``): a micro-batch is ``train.micro_batch_size`` pairs whose chosen and rejected
+sequences go through one forward, padding-free packed (each sequence a segment whose position_ids
+restart, first-fit decreasing into rows as wide as the longest sequence, so packing never adds
+attention cost), or, with a shared prompt, ``prompt | chosen | rejected`` items whose 4D mask keeps
+the two completions apart (the prompt is computed once per pair). ``data.packing: false`` pads every
+sequence to its own row (the comparison path). Mixing is by pair counts (ratio of source weights, or
+temperature); ``PairDrawer`` is the resumable sampler over pairs.
 """
 
 from __future__ import annotations
@@ -42,18 +54,34 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from redone.config.schema import SourceSection
 from redone.data import records
+from redone.data.cache import cached_store, tokenizer_digest
 from redone.data.chat import MIN_KEPT_USER_TOKENS, last_user_span, render
-from redone.data.examples import sns_bench_files
-from redone.data.packing import TokenStore
-from redone.data.sources import detect_format, read_records, source_name
+from redone.data.mixture import MixtureSampler, mixture_probs, split_source_weights
+from redone.data.packing import (
+    BatchSegment,
+    Row,
+    RowBuilder,
+    TokenStore,
+    collate,
+    first_fit_decreasing,
+    split_holdout,
+)
+from redone.data.sft import sns_bench_files
+from redone.data.sources import detect_format, read_records, source_digest, source_name
+from redone.data.stage_data import StageData
 from redone.errors import DataError
 from redone.sns import tasks as sns_tasks
 
 Message = dict[str, str]
 ROLES = ("system", "user", "assistant")
 BAD_REASONS = ("malformed", "identical", "empty_completion")
+# Bump when the rules that build pairs from task data change: cached pair stores are then rebuilt.
+PAIR_BUILDER_VERSION = 2
 
 
 @dataclass
@@ -487,3 +515,175 @@ def tokenize_pairs(pairs: list[Pair], tokenizer, data, name: str, policy: str) -
         masks.append(mask)
         parts.append(cut)
     return TokenStore.from_lists(ids, masks, parts), counts
+
+
+# ---------------------------------------------------------------- the stage's data
+
+
+def build_dpo_data(config, tokenizer, sample=None) -> StageData:
+    """Every component's pairs tokenized (cached), split into train and held-out pairs, and the
+    drawer over train pairs. ``sample``: the rejected-answer sampler (``data.sample_rejected``)."""
+    data = config.data
+    plans = pair_plans(list(data.sources), data, config.seed, sample)
+    train_stores, held_out, infos = [], {}, []
+    for plan in plans:
+        store, manifest, hit = tokenized_plan(plan, tokenizer, config, sample)
+        train_idx, held_idx = split_holdout(store, data.eval_holdout, config.seed, plan.name)
+        train_stores.append(store.subset(train_idx))
+        if len(held_idx):
+            held_out[plan.name] = store.subset(held_idx)
+        counts = {k: v for k, v in manifest.items() if k not in ("key", "parts")}
+        infos.append({
+            "name": plan.name, "source": data.sources[plan.source].path, "digest": manifest["parts"]["digest"],
+            "pairs": len(train_idx), "held_out": len(held_idx),
+            "tokens": int(train_stores[-1].tokens.size), "cache_hit": hit, **counts})
+    probs = pair_probs(plans, train_stores, data)
+    for info, p in zip(infos, probs):
+        info["planned_share"] = p
+    sampler = MixtureSampler([np.ones(len(s), dtype=np.int64) for s in train_stores], probs, config.seed)
+    return StageData(infos, PairDrawer(sampler), held_out=held_out, stores=train_stores)
+
+
+def tokenized_plan(plan: PairPlan, tokenizer, config, sample=None):
+    """(TokenStore, manifest, cache hit) of one component's pairs."""
+    data = config.data
+    source = data.sources[plan.source]
+    parts = {"kind": "dpo-pairs", "builder": PAIR_BUILDER_VERSION, "component": plan.name,
+             "digest": source_digest(source), "format": source.format, "limit": source.limit,
+             "style": data.prompt_style, "seq_len": data.seq_len, "max_prompt_chars": data.max_prompt_chars,
+             "overlong": data.overlong, "bad_pairs": data.bad_pairs, "pairs_per_item": data.pairs_per_item,
+             "seed": config.seed if plan.kind != "file" else None,
+             "tokenizer": tokenizer_digest(tokenizer)}
+    if sample is not None and plan.kind != "file":
+        parts["sampled"] = sample.key_parts()
+
+    def build():
+        pairs, counts = plan.build()
+        store, token_counts = tokenize_pairs(pairs, tokenizer, data, plan.name, data.bad_pairs)
+        return store, dict(counts + token_counts, built_pairs=len(pairs))
+
+    return cached_store(data.cache_dir, parts, build)
+
+
+# ---------------------------------------------------------------- mixture and batches
+
+
+class PairDrawer:
+    """The mixture sampler over pairs; its state is the sampler's (O(1) exact resume)."""
+
+    def __init__(self, sampler: MixtureSampler):
+        self.sampler = sampler
+
+    def next(self) -> tuple[int, int]:
+        return self.sampler.next()
+
+    def draw_counts(self, pairs: int) -> list[int]:
+        """Pairs per component over the next ``pairs`` draws (the DPO unit; moves the drawer)."""
+        counts = [0] * len(self.sampler.lengths)
+        for _ in range(pairs):
+            source, item = self.next()
+            counts[source] += int(self.sampler.lengths[source][item])
+        return counts
+
+    def state_dict(self) -> dict:
+        return {"sampler": self.sampler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+
+
+def pair_probs(plans: list[PairPlan], stores: list[TokenStore], data) -> list[float]:
+    """Mixture shares over components, by pair counts (a pair is the unit of the DPO loss)."""
+    sizes = [len(s) for s in stores]
+    if data.mixing == "temperature":
+        return mixture_probs([], sizes, "temperature", data.temperature)
+    weights = split_source_weights([p.source for p in plans], [s.weight for s in data.sources], sizes,
+                                   data.temperature)
+    return mixture_probs(weights, sizes, "ratio", 1.0)
+
+
+def pair_batch(stores: list[TokenStore], picks: list[tuple[int, int]], pad_id: int, *, layout: str,
+               packing: bool, shared_prompt: bool, split: str = "train") -> dict:
+    """A micro-batch of the given (component, pair) picks, packed as configured."""
+    if shared_prompt:
+        batch = shared_prompt_batch(stores, picks, pad_id)
+    else:
+        rows = pack_pairs(stores, picks, pad_id, packing=packing, fill=layout == "rows")
+        batch = collate(rows, pad_id, layout)
+    batch["split"] = split
+    # A pair counts as its two sequences' tokens (prompt+chosen, prompt+rejected), as TRL counts
+    # it, whether or not the prompt is computed once: tokens/s compare across layouts and trainers.
+    batch["pair_tokens"] = [int(stores[s].offsets[i + 1] - stores[s].offsets[i]) for s, i in picks]
+    return batch
+
+
+def pack_pairs(stores, picks: list[tuple[int, int]], pad_id: int, *, packing: bool, fill: bool) -> list[Row]:
+    """The chosen and rejected sequences of the picked pairs as rows (segments with their own positions).
+
+    Packed: first-fit decreasing into rows as wide as the longest sequence of the micro-batch, so a row
+    never costs more attention (quadratic in its width) than that sequence alone would, and the few
+    pad tokens are a row's tail. Unpacked: one sequence per row (``collate`` pads them).
+    """
+    sequences = []
+    for source, item in picks:
+        ids, mask = stores[source].item(item)
+        cut = int(stores[source].part_offsets[item])
+        sequences += [(ids[:cut], mask[:cut], source, item, 0), (ids[cut:], mask[cut:], source, item, 1)]
+    width = max(len(seq[0]) for seq in sequences)
+    if packing:
+        bins = first_fit_decreasing([len(seq[0]) for seq in sequences], width)
+    else:
+        bins = [[k] for k in range(len(sequences))]
+    rows = []
+    for members in bins:
+        row = RowBuilder(width, restart_positions=True)
+        for k in sorted(members):
+            row.add(*sequences[k])
+        rows.append(row.finish(pad_id, fill=fill and packing))
+    return rows
+
+
+def shared_prompt_batch(stores, picks: list[tuple[int, int]], pad_id: int) -> dict:
+    """Pairs as ``prompt | chosen | rejected`` items, first-fit decreasing into rows as wide as the
+    longest item. Positions restart per item, and the rejected tokens continue the prompt's positions
+    (so they sit exactly where they would after the prompt alone). The boolean 4D mask is causal
+    inside an item, except that rejected tokens never see chosen ones, and nothing crosses items.
+    ``segments`` list each pair's chosen and rejected span; ``targets`` say which hidden state
+    predicts which completion token.
+    """
+    items = []
+    for source, item in picks:
+        ids, mask = stores[source].item(item)
+        cut = int(stores[source].part_offsets[item])
+        p = int(np.argmax(mask[:cut]))  # first completion token: the prompt is everything before it
+        items.append((source, item, ids[:cut], ids[cut + p:], p))
+    lengths = [len(chosen_full) + len(rejected) for _, _, chosen_full, rejected, _ in items]
+    width = max(lengths)
+    bins = first_fit_decreasing(lengths, width)
+    input_ids = torch.full((len(bins), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(bins), width), dtype=torch.long)
+    attention = torch.zeros((len(bins), 1, width, width), dtype=torch.bool)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    segments, targets = [], []
+    for b, members in enumerate(bins):
+        offset = 0
+        for k in sorted(members):
+            source, item, chosen_full, rejected, p = items[k]
+            c, r = len(chosen_full) - p, len(rejected)
+            span = slice(offset, offset + p + c + r)
+            input_ids[b, span] = torch.from_numpy(np.concatenate([chosen_full, rejected]).astype(np.int64))
+            positions[b, span] = torch.cat([torch.arange(p + c), torch.arange(p, p + r)])
+            attention[b, 0, span, span] = causal[: p + c + r, : p + c + r]
+            attention[b, 0, offset + p + c: offset + p + c + r, offset + p: offset + p + c] = False
+            chosen_seg, rejected_seg = len(segments), len(segments) + 1
+            segments += [BatchSegment(b, offset + p, c, source, item, 0), BatchSegment(b, offset + p + c, r, source, item, 1)]
+            last_prompt = offset + p - 1
+            for j in range(c):  # chosen token j is predicted at the position before it
+                targets.append((b, last_prompt + j, int(chosen_full[p + j]), chosen_seg))
+            for j in range(r):  # the first rejected token is predicted from the prompt's last position
+                targets.append((b, last_prompt if j == 0 else offset + p + c + j - 1, int(rejected[j]), rejected_seg))
+            offset += p + c + r
+        tail = torch.arange(offset, width)
+        attention[b, 0, tail, tail] = True  # padding attends to itself only (no empty softmax rows)
+    return {"input_ids": input_ids, "position_ids": positions, "attention_mask": attention,
+            "targets": torch.tensor(targets, dtype=torch.long), "segments": segments}

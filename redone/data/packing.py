@@ -19,11 +19,13 @@ Packer state (sampler state + the carried item) is plain JSON: resume is O(1).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from redone.data.mixture import MixtureSampler
+from redone.errors import DataError
 
 IGNORE = -100
 
@@ -74,6 +76,41 @@ class TokenStore:
         return cls(tokens, offsets, mask, part_offsets)
 
 
+def split_holdout(store: TokenStore, holdout: int, seed: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Train and held-out item indices of a store (empty, i.e. dropped, items are in neither).
+
+    ``holdout`` items are set aside by a permutation seeded with ``seed`` only, so the same items are
+    held out whatever else changes in the config."""
+    usable = np.flatnonzero(store.lengths() > 0)
+    if len(usable) == 0:
+        raise DataError(f"{name}: every example was dropped as over-long (raise data.seq_len)")
+    order = np.random.default_rng([seed, 7]).permutation(usable)
+    held = np.sort(order[:holdout]) if holdout else np.array([], dtype=np.int64)
+    train = np.sort(order[holdout:])
+    if len(train) == 0:
+        raise DataError(f"{name}: data.eval_holdout={holdout} leaves no training examples")
+    return train, held
+
+
+def first_fit_decreasing(lengths: list[int], width: int) -> list[list[int]]:
+    """Bins of item indices: items taken longest first, each into the first bin it fits (total <= width).
+
+    With ``width`` = the longest item, no bin is wider than that item alone, so packing a micro-batch
+    this way never adds attention cost (quadratic in a row's width) over one item per row."""
+    bins: list[list[int]] = []
+    used: list[int] = []
+    for k in sorted(range(len(lengths)), key=lambda k: -lengths[k]):
+        for j, u in enumerate(used):
+            if u + lengths[k] <= width:
+                bins[j].append(k)
+                used[j] += lengths[k]
+                break
+        else:
+            bins.append([k])
+            used.append(lengths[k])
+    return bins
+
+
 @dataclass
 class Segment:
     start: int  # position in the row
@@ -91,7 +128,20 @@ class Row:
     segments: list[Segment] = field(default_factory=list)
 
 
-class _RowBuilder:
+class BatchSegment(NamedTuple):
+    """One segment of a collated batch: where it sits and what it is (``batch["segments"]`` entries)."""
+
+    row: int  # batch row
+    start: int  # position in the row
+    length: int
+    source: int  # mixture component
+    item: int  # item index in the component's store
+    part: int = 0  # dpo: 0 chosen, 1 rejected
+
+
+class RowBuilder:
+    """Builds one packed row segment by segment (positions restart per segment unless told not to)."""
+
     def __init__(self, seq_len: int, restart_positions: bool):
         self.seq_len = seq_len
         self.restart = restart_positions
@@ -138,7 +188,7 @@ class DocumentPacker:
         self.carry: list[int] | None = None  # [source, item, offset into the item]
 
     def next_row(self) -> Row:
-        row = _RowBuilder(self.seq_len, restart_positions=not self.cross_doc)
+        row = RowBuilder(self.seq_len, restart_positions=not self.cross_doc)
         while row.room() > 0:
             if self.carry is None:
                 source, item = self.sampler.next()
@@ -150,6 +200,10 @@ class DocumentPacker:
             self.carry = [source, item, offset + take] if offset + take < len(ids) else None
         return row.finish(pad_id=0, fill=False)
 
+    def draw_counts(self, rows: int) -> list[int]:
+        """Tokens per source over the next ``rows`` rows (moves the packer: use a fresh one)."""
+        return _row_counts(self, rows, len(self.stores))
+
     def state_dict(self) -> dict:
         return {"sampler": self.sampler.state_dict(), "carry": self.carry}
 
@@ -158,7 +212,7 @@ class DocumentPacker:
         self.carry = state["carry"]
 
 
-def add_item(row: _RowBuilder, store: TokenStore, source: int, item: int) -> None:
+def add_item(row: RowBuilder, store: TokenStore, source: int, item: int) -> None:
     """Place an item; a two-part item (dpo pair) becomes two segments with their own positions."""
     ids, mask = store.item(item)
     if store.part_offsets is None:
@@ -171,14 +225,14 @@ def add_item(row: _RowBuilder, store: TokenStore, source: int, item: int) -> Non
 
 def pack_in_order(store: TokenStore, source: int, seq_len: int, pad_id: int, packing: bool = True) -> list[Row]:
     """Every non-empty item of one store exactly once, in order (held-out evaluation)."""
-    rows, row = [], _RowBuilder(seq_len, restart_positions=True)
+    rows, row = [], RowBuilder(seq_len, restart_positions=True)
     for item in range(len(store)):
         length = int(store.offsets[item + 1] - store.offsets[item])
         if length == 0:
             continue
         if row.segments and (length > row.room() or not packing):
             rows.append(row.finish(pad_id, fill=packing))
-            row = _RowBuilder(seq_len, restart_positions=True)
+            row = RowBuilder(seq_len, restart_positions=True)
         add_item(row, store, source, item)
     if row.segments:
         rows.append(row.finish(pad_id, fill=packing))
@@ -206,7 +260,7 @@ class ItemPacker:
         return int(store.offsets[pick[1] + 1] - store.offsets[pick[1]])
 
     def next_row(self) -> Row:
-        row = _RowBuilder(self.seq_len, restart_positions=True)
+        row = RowBuilder(self.seq_len, restart_positions=True)
         while True:
             while len(self.buffer) < self.lookahead:
                 self.buffer.append(list(self.sampler.next()))
@@ -217,6 +271,10 @@ class ItemPacker:
             add_item(row, self.stores[source], source, item)  # items fit seq_len (checked at tokenisation)
         return row.finish(self.pad_id, fill=self.packing)
 
+    def draw_counts(self, rows: int) -> list[int]:
+        """Tokens per source over the next ``rows`` rows (moves the packer: use a fresh one)."""
+        return _row_counts(self, rows, len(self.stores))
+
     def state_dict(self) -> dict:
         return {"sampler": self.sampler.state_dict(), "buffer": [list(p) for p in self.buffer]}
 
@@ -225,8 +283,16 @@ class ItemPacker:
         self.buffer = [list(p) for p in state["buffer"]]
 
 
+def _row_counts(packer, rows: int, n_sources: int) -> list[int]:
+    counts = [0] * n_sources
+    for _ in range(rows):
+        for segment in packer.next_row().segments:
+            counts[segment.source] += segment.length
+    return counts
+
+
 def collate(rows: list[Row], pad_id: int, layout: str = "rows") -> dict:
-    """Rows -> model inputs. ``segments`` are (batch row, start, length, source, item, part).
+    """Rows -> model inputs. ``segments`` are ``BatchSegment``s (batch row, start, length, source, item, part).
 
     - ``rows``: packed rows stack to [B, L] (per-row block masks from position_ids; attention costs
       B*L^2, which is what sdpa on CPU wants).
@@ -240,14 +306,14 @@ def collate(rows: list[Row], pad_id: int, layout: str = "rows") -> dict:
     if layout == "flat":
         offset = 0
         for row in rows:
-            segments += [(0, offset + s.start, s.length, s.source, s.item, s.part) for s in row.segments]
+            segments += [BatchSegment(0, offset + s.start, s.length, s.source, s.item, s.part) for s in row.segments]
             offset += len(row.input_ids)
         return {name: torch.from_numpy(np.concatenate([getattr(r, name) for r in rows]))[None]
                 for name in ("input_ids", "labels", "position_ids")} | {"segments": segments}
     if len({len(r.input_ids) for r in rows}) != 1:
         raise ValueError("packed rows must share one length")
     for b, row in enumerate(rows):
-        segments += [(b, s.start, s.length, s.source, s.item, s.part) for s in row.segments]
+        segments += [BatchSegment(b, s.start, s.length, s.source, s.item, s.part) for s in row.segments]
     return {name: torch.from_numpy(np.stack([getattr(r, name) for r in rows]))
             for name in ("input_ids", "labels", "position_ids")} | {"segments": segments}
 
@@ -264,7 +330,7 @@ def _collate_padded(rows: list[Row], pad_id: int) -> dict:
         input_ids[b, : s.length] = torch.from_numpy(row.input_ids[span])
         labels[b, : s.length] = torch.from_numpy(row.labels[span])
         attention_mask[b, : s.length] = 1
-        segments.append((b, 0, s.length, s.source, s.item, s.part))
+        segments.append(BatchSegment(b, 0, s.length, s.source, s.item, s.part))
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask,
             "position_ids": position_ids, "segments": segments}

@@ -1,5 +1,7 @@
-"""Sources -> chat examples, grouped into mixture components (one per task, or one per general source).
+"""SFT's data path: sources -> chat examples per mixture component -> tokens + loss masks (cached) ->
+train/held-out split -> mixture -> padding-free packed rows.
 
+Components (one per task file, TransBench direction, or general source):
 - ``sns_bench`` (a folder of Note-*.json, optionally filtered by ``tasks``): one component per task file,
   examples from the shared prompt builder (``redone.sns.tasks``) with the gold answer.
 - ``transbench`` (a JSON file): one component per direction (TransBench-zh2en, TransBench-en2zh).
@@ -8,16 +10,33 @@
 
 HH-RLHF dialogues whose reply is empty are skipped and counted (nothing to learn); every other malformed
 record raises ``DataError`` naming file:index.
+
+Tokens: the tokenizer's chat template, loss on assistant tokens (``data.loss_on: all`` for every token),
+over-long examples truncated in the middle of the last user turn, dropped, or refused
+(``data.overlong``), all counted; one cache entry per component keyed by the source digest, the data
+settings that shape the tokens and the tokenizer digest. ``data.eval_holdout`` examples per component
+are held out for ``eval_loss/<task>``. Mixing: ratio (a source's weight split over its components by
+size^(1/T)) or temperature (p ~ n^(1/T) over components), exact token shares. Packing: first-fit
+lookahead into rows of ``data.seq_len`` (``data.packing: false`` = one example per row, padded).
+
+Errors: ``DataError`` for malformed records (file:index), unknown task files, an over-long example
+under ``data.overlong: error`` or a component with nothing left.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from redone.config.schema import SourceSection
+from redone.config.schema import SFTConfig, SourceSection
 from redone.data import records
-from redone.data.sources import detect_format, read_records, source_name
+from redone.data.cache import cached_store, tokenizer_digest
+from redone.data.chat import encode_chat
+from redone.data.mixture import MixtureSampler, mixture_probs, split_source_weights
+from redone.data.packing import ItemPacker, TokenStore, split_holdout
+from redone.data.sources import detect_format, read_records, source_digest, source_name
+from redone.data.stage_data import StageData
 from redone.errors import DataError
 from redone.sns import tasks as sns_tasks
 
@@ -93,3 +112,70 @@ def all_components(sources: list[SourceSection], style: str, max_prompt_chars: i
     if duplicates:
         raise DataError(f"data.sources: component name(s) {duplicates} appear twice; give the sources distinct names")
     return components
+
+
+# ---------------------------------------------------------------- tokens, split, mixture, packer
+
+
+def build_sft_data(config: SFTConfig, tokenizer) -> StageData:
+    """Every component tokenized (cached), split into train and held-out items, mixed and packed."""
+    data = config.data
+    components = all_components(list(data.sources), data.prompt_style, data.max_prompt_chars)
+    train_stores, held_out, infos = [], {}, []
+    for component in components:
+        store, manifest, hit = tokenized_component(component, tokenizer, config)
+        train_idx, held_idx = split_holdout(store, data.eval_holdout, config.seed, component.name)
+        train_stores.append(store.subset(train_idx))
+        if len(held_idx):
+            held_out[component.name] = store.subset(held_idx)
+        infos.append({
+            "name": component.name, "source": data.sources[component.source].path,
+            "digest": manifest["parts"]["digest"], "examples": len(train_idx), "held_out": len(held_idx),
+            "tokens": int(train_stores[-1].tokens.size), "truncated": manifest.get("truncated", 0),
+            "dropped_overlong": manifest.get("dropped_overlong", 0), "skipped": component.skipped,
+            "cache_hit": hit})
+    probs = component_probs(components, train_stores, data)
+    for info, p in zip(infos, probs):
+        info["planned_share"] = p
+    sampler = MixtureSampler([s.lengths() for s in train_stores], probs, config.seed)
+    packer = ItemPacker(train_stores, sampler, data.seq_len, tokenizer.pad_token_id, data.packing)
+    return StageData(infos, packer, held_out=held_out, stores=train_stores)
+
+
+def tokenized_component(component: Component, tokenizer, config: SFTConfig):
+    """(TokenStore, manifest, cache hit) of one component."""
+    data = config.data
+    source = data.sources[component.source]
+    parts = {"kind": "sft-examples", "component": component.name, "digest": source_digest(source),
+             "format": source.format, "limit": source.limit, "style": data.prompt_style,
+             "seq_len": data.seq_len, "max_prompt_chars": data.max_prompt_chars, "loss_on": data.loss_on,
+             "overlong": data.overlong, "examples": len(component.examples),
+             "tokenizer": tokenizer_digest(tokenizer)}
+    return cached_store(data.cache_dir, parts, lambda: tokenize_component(component, tokenizer, data))
+
+
+def tokenize_component(component: Component, tokenizer, data) -> tuple[TokenStore, dict]:
+    ids, masks, counts = [], [], Counter()
+    for i, example in enumerate(component.examples):
+        encoded = encode_chat(tokenizer, example["messages"], loss_on=data.loss_on, max_len=data.seq_len,
+                              overlong=data.overlong, where=f"{component.name}:{i}")
+        if encoded is None:
+            counts["dropped_overlong"] += 1
+            ids.append([])
+            masks.append([])
+            continue
+        counts["truncated"] += encoded.truncated
+        ids.append(encoded.ids)
+        masks.append(encoded.mask)
+    # Dropped examples stay as empty items so item indices keep matching the examples list.
+    return TokenStore.from_lists(ids, masks), dict(counts, examples=len(component.examples))
+
+
+def component_probs(components: list[Component], stores: list[TokenStore], data) -> list[float]:
+    tokens = [int(s.tokens.size) for s in stores]
+    if data.mixing == "temperature":
+        return mixture_probs([], tokens, "temperature", data.temperature)
+    # Ratio mode: a source's weight is shared by its components by size^(1/T) (T = 1: by size).
+    weights = split_source_weights([c.source for c in components], [s.weight for s in data.sources], tokens,
+                                   data.temperature)
+    return mixture_probs(weights, tokens, "ratio", 1.0)

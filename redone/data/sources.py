@@ -5,14 +5,21 @@ objects), ``parquet`` and ``hub`` (both through ``datasets``), plus the record-l
 and DPO stages interpret (sns_bench, transbench, chat, hh_rlhf, preference), which are json/jsonl
 underneath. ``auto`` picks from the file suffix.
 
-Errors (``DataError``, one line): missing file, non-UTF-8 bytes (file:line), malformed JSON (file:line),
-a record that is not an object, a missing field (file:line), an empty source.
+Input tolerance: a UTF-8 byte-order mark at the start of a file is dropped and CRLF / CR line endings
+read as LF, in every format, so a file saved by a Windows editor reads exactly like its LF twin.
+
+Errors (``DataError``, one line): missing file, a directory where a file is needed, non-UTF-8 bytes
+(file:line), malformed JSON (file:line), a record that is not an object (file:line), a missing or
+non-text field (file:line), an unreadable parquet/hub source, an empty source. Line numbers are
+1-based; a JSON list's records carry the line their object starts on, parquet/hub rows a 1-based
+``row N``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 from redone.config.schema import SourceSection
@@ -29,8 +36,11 @@ def detect_format(source: SourceSection) -> str:
     if source.format != "auto":
         return source.format
     path = Path(source.path)
-    if path.is_dir() and any(path.glob("Note-*.json")):
-        return "sns_bench"
+    if path.is_dir():
+        if any(path.glob("Note-*.json")):
+            return "sns_bench"
+        raise DataError(f"{path}: is a directory without SNS-Bench Note-*.json files; name a data file, "
+                        "or set format: in the source")
     fmt = SUFFIX_FORMATS.get(path.suffix.lower())
     if fmt is None:
         if not path.exists():
@@ -39,16 +49,34 @@ def detect_format(source: SourceSection) -> str:
     return fmt
 
 
-def read_lines(path: Path):
-    """Yield (line_number, text) with UTF-8 checked per line so errors point at the line."""
+def check_file(path: Path) -> None:
+    """A data file must exist and be a regular, readable file (not a directory)."""
     if not path.exists():
         raise DataError(f"{path}: file not found")
-    with path.open("rb") as handle:
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a data file")
+
+
+def read_lines(path: Path):
+    """Yield (line_number, text) with UTF-8 checked per line so errors point at the line.
+
+    A leading byte-order mark is dropped and CRLF/CR endings become LF.
+    """
+    check_file(path)
+    try:
+        handle = path.open("rb")
+    except OSError as err:  # permissions, a FIFO that cannot open, ...
+        raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
+    with handle:
         for number, raw in enumerate(handle, start=1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
             try:
-                yield number, raw.decode("utf-8")
+                text = raw.decode("utf-8")
             except UnicodeDecodeError as err:
                 raise DataError(f"{path}:{number}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
+            # A lone CR (old Mac files) is not a line break to the byte iterator: keep it inside the line.
+            yield number, text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -67,25 +95,71 @@ def read_jsonl(path: Path) -> list[dict]:
     return records
 
 
-def read_json(path: Path) -> list[dict]:
+def json_list_items(path: str | Path) -> list[tuple[int, object]]:
+    """``(line, item)`` for each item of a JSON file holding a list (a single object counts as a list of one).
+
+    ``line`` is the 1-based line on which the item starts, so every error about an item can point at
+    the file's real line (not an item index). BOM and CRLF are handled by ``read_lines``.
+    """
+    path = Path(path)
     text = "".join(line for _, line in read_lines(path))
+    decoder = json.JSONDecoder()
     try:
-        data = json.loads(text)
+        start = _skip_space(text, 0)
+        if start < len(text) and text[start] == "{":
+            item, end = decoder.raw_decode(text, start)
+            _expect_end(path, text, end)
+            return [(_line_of(text, start), item)]
+        if start >= len(text) or text[start] != "[":
+            json.loads(text)  # raises with the position of the first problem
+            raise DataError(f"{path}: expected a JSON list of objects")
+        items, index = [], _skip_space(text, start + 1)
+        if index < len(text) and text[index] == "]":
+            _expect_end(path, text, index + 1)
+            return []
+        while True:
+            item, end = decoder.raw_decode(text, index)
+            items.append((_line_of(text, index), item))
+            index = _skip_space(text, end)
+            if index < len(text) and text[index] == ",":
+                index = _skip_space(text, index + 1)
+                continue
+            if index < len(text) and text[index] == "]":
+                _expect_end(path, text, index + 1)
+                return items
+            raise json.JSONDecodeError("Expecting ',' delimiter", text, index)
     except json.JSONDecodeError as err:
         raise DataError(f"{path}:{err.lineno}: malformed JSON ({err.msg})") from None
-    if isinstance(data, dict):
-        data = [data]
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of objects")
-    for index, record in enumerate(data):
+
+
+def _skip_space(text: str, index: int) -> int:
+    while index < len(text) and text[index] in " \t\n":
+        index += 1
+    return index
+
+
+def _expect_end(path: Path, text: str, index: int) -> None:
+    index = _skip_space(text, index)
+    if index < len(text):
+        raise json.JSONDecodeError("Extra data", text, index)
+
+
+def _line_of(text: str, index: int) -> int:
+    return text.count("\n", 0, index) + 1
+
+
+def read_json(path: Path) -> list[dict]:
+    records = []
+    for line, record in json_list_items(path):
         if not isinstance(record, dict):
-            raise DataError(f"{path}: item {index} is not a JSON object")
-        record["_line"] = f"item {index}"
-    return data
+            raise DataError(f"{path}:{line}: expected a JSON object, got {type(record).__name__}")
+        record["_line"] = line
+        records.append(record)
+    return records
 
 
 def read_text_units(path: Path, unit: str) -> list[str]:
-    text = "".join(line for _, line in read_lines(path))
+    text = "".join(line for _, line in read_lines(path))  # LF endings: paragraphs split alike everywhere
     if unit == "file":
         pieces = [text]
     elif unit == "line":
@@ -98,23 +172,35 @@ def read_text_units(path: Path, unit: str) -> list[str]:
 def read_datasets(source: SourceSection, fmt: str) -> list[dict]:
     import datasets
 
+    # A failed load is reported below in one line; datasets would log the same failure at ERROR first.
+    library_log = logging.getLogger("datasets")
+    level = library_log.level
+    library_log.setLevel(logging.CRITICAL)
     try:
         if fmt == "parquet":
             ds = datasets.load_dataset("parquet", data_files=source.path, split="train")
         else:
             ds = datasets.load_dataset(source.path, split=source.split)
     except Exception as err:  # datasets raises many types; the user needs the path and the reason
-        raise DataError(f"{source.path}: cannot load with datasets ({type(err).__name__}: {err})") from None
-    return [dict(row, _line=f"row {i}") for i, row in enumerate(ds)]
+        reason = (str(err).strip().splitlines() or [""])[0]
+        raise DataError(f"{source.path}: cannot load with datasets ({type(err).__name__}: {reason})") from None
+    finally:
+        library_log.setLevel(level)
+    return [dict(row, _line=f"row {i + 1}") for i, row in enumerate(ds)]
 
 
 def read_records(source: SourceSection) -> list[dict]:
     """Records of a json/jsonl/parquet/hub source (each carries `_line` for error messages)."""
     fmt = detect_format(source)
     path = Path(source.path)
-    if fmt in ("jsonl", "chat", "hh_rlhf", "preference") and path.suffix == ".jsonl":
+    if fmt not in ("hub",) and path.is_dir():
+        raise DataError(f"{path}: is a directory; format '{fmt}' reads one file")
+    if fmt == "parquet":
+        check_file(path)
+    suffix_jsonl = path.suffix.lower() == ".jsonl"
+    if fmt == "jsonl" or (fmt in ("chat", "hh_rlhf", "preference") and suffix_jsonl):
         records = read_jsonl(path)
-    elif fmt in ("json", "transbench", "chat", "preference"):
+    elif fmt in ("json", "transbench", "chat", "hh_rlhf", "preference"):
         records = read_json(path)
     elif fmt in ("parquet", "hub"):
         records = read_datasets(source, fmt)

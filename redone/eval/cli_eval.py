@@ -24,9 +24,9 @@ def add_eval_parser(sub, func) -> argparse.ArgumentParser:
     """Add the `eval` subcommand (and its `compare` / `table` actions) to ``sub``.
 
     Defaults are None here so that only flags given on the command line override a --config file's
-    ``eval:`` section; the real defaults live in one place, ``redone.eval.runner.EvalOptions``.
+    ``eval:`` section; the real defaults live in one place, ``redone.config.schema.EvalConfig``.
     """
-    from redone.eval.runner import BACKENDS, BENCHES, DTYPES
+    from redone.config.schema import BACKENDS, BENCHES, DTYPES, SCORING_MODES, SUBSETS
 
     p = sub.add_parser("eval", help="evaluate a model: SNS-Bench, SNS-TransBench, general perplexity",
                        description="Evaluate a model; `redone eval compare A.json B.json` prints a stage table.")
@@ -38,14 +38,14 @@ def add_eval_parser(sub, func) -> argparse.ArgumentParser:
     p.add_argument("--split", help="data split (default test)")
     p.add_argument("--file", action="append", dest="files", help="SNS-Bench file(s) to run (default all 12)")
     p.add_argument("--limit", type=int, help="N items per SNS-Bench file and per TransBench direction")
-    p.add_argument("--subset", choices=["first", "spread"],
+    p.add_argument("--subset", choices=SUBSETS,
                    help="with --limit: the first N items (default) or N evenly spaced ones")
     p.add_argument("--out", help="result JSON (predictions JSONL and .md table are written next to it)")
     p.add_argument("--label", help="column name in compare tables (default: the model folder name)")
     p.add_argument("--prompt-style", choices=["redone", "official"], help="default redone")
     p.add_argument("--max-prompt-chars", type=int, help="clip long note fields like SFT's data.max_prompt_chars")
-    p.add_argument("--bug-compatible", action="store_true", default=None,
-                   help="score with the official scorer's quirks (default: fixed mode)")
+    p.add_argument("--scoring-mode", choices=SCORING_MODES,
+                   help="fixed (default: our documented corrections) or official (the OpenCompass scorer)")
     p.add_argument("--batch-size", type=int, help="default 8")
     p.add_argument("--max-new-tokens-cap", type=int, help="cap on every task's token budget (default 256; 0: none)")
     p.add_argument("--skill-free", action="store_true", default=None, help="score the skill-free baseline (no model)")
@@ -74,8 +74,8 @@ def add_eval_parser(sub, func) -> argparse.ArgumentParser:
 
 
 def options_from_args(args):
-    """EvalOptions from the --config file's `eval:` section, overridden by the flags given."""
-    from redone.eval.runner import EvalOptions
+    """The EvalConfig of the --config file's `eval:` section, overridden by the flags given."""
+    from redone.eval.runner import eval_config
 
     values = dict(_config_section(args.config)) if args.config else {}
     for name, value in vars(args).items():
@@ -86,7 +86,7 @@ def options_from_args(args):
         elif name == "max_new_tokens_cap":
             value = value or None  # 0 means "no cap"
         values[_FIELD_OF_FLAG.get(name, name)] = value
-    return EvalOptions.from_mapping(values)
+    return eval_config(values)
 
 
 def _config_section(path: str) -> dict:

@@ -1,11 +1,12 @@
 """`redone eval`: SNS-Bench, SNS-TransBench and general perplexity for one model, as one JSON result.
 
 Features
-- ``evaluate(model, benches, **options)`` / ``run_eval(model, EvalOptions)``: the Python API the CLI and
-  the pipeline call. ``EvalOptions.from_mapping`` turns an ``eval:`` config section into options
-  (unknown keys are refused with a did-you-mean).
+- ``evaluate(model, benches, **options)`` / ``run_eval(model, EvalConfig)``: the Python API the CLI and
+  the pipeline call. The options are one type, ``redone.config.schema.EvalConfig`` (also the
+  pipeline's ``eval:`` section); ``eval_config`` builds one from a mapping (unknown keys refused with a
+  did-you-mean, types checked).
 - Benches: ``sns-bench`` (the 12 files of ``<data>/sns_bench/<split>``, scored by
-  ``redone.eval.scoring``, aggregated to 8 tasks + average), ``sns-transbench`` (both directions of
+  ``redone.sns.scoring``, aggregated to 8 tasks + average), ``sns-transbench`` (both directions of
   ``<data>/sns_transbench/<split>.json``, BLEU + chrF++), ``general-ppl`` (``redone.eval.perplexity``)
   and ``lm-eval`` (lm-evaluation-harness tasks, only where it is installed).
 - Prompts come from ``redone.sns.tasks.prompt_messages`` -- the builder SFT trains with -- in the
@@ -19,8 +20,8 @@ Features
   answers; half the split has none), so a spread subset tracks the full-split score more closely.
 - Resumable: with ``out`` set, predictions are appended to ``<out stem>.predictions.jsonl`` next to it
   and reused by a rerun (same model, dtype and backend; per item the same prompt and budget).
-- Scoring mode: fixed by default, the official scorer's quirks with ``bug_compatible``; the SNS-Bench
-  average and tasks of the *other* mode are reported too (``sns_bench.other_mode``), both named in the
+- Scoring mode: ``fixed`` by default, ``official`` = the OpenCompass SNS-Bench scorer with its quirks
+  (``redone.sns.scoring``); the SNS-Bench average and tasks of the *other* mode are reported too (``sns_bench.other_mode``), both named in the
   header. QueryGen uses the bundled sentence-embedding model when installed (header: querygen_mode).
 - Skill-free baseline: every SNS-Bench / TransBench section carries the skill-free scores on the same
   items (``redone.eval.baseline``); ``skill_free=True`` evaluates the baseline alone, with no model.
@@ -34,9 +35,7 @@ model loader, generator or scorers raise.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
-import difflib
 import json
 import os
 import platform
@@ -45,105 +44,47 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from redone.errors import RedoneError
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-BENCHES = ("sns-bench", "sns-transbench", "general-ppl", "lm-eval")
-DEFAULT_BENCHES = ("sns-bench", "sns-transbench", "general-ppl")
-SKILL_FREE_BENCHES = ("sns-bench", "sns-transbench")
-SKILL_FREE = "skill-free"
-DTYPES = ("float32", "bfloat16", "float16")
-BACKENDS = ("hf", "vllm")
+from redone.config.load import check_unknown_keys
+from redone.config.schema import DEFAULT_BENCHES, SKILL_FREE_BENCHES, EvalConfig
+from redone.config.validate import check_eval
+from redone.errors import ConfigError, RedoneError
+
 FORMAT = "redone-eval/1"
+SKILL_FREE = "skill-free"
 
 
-@dataclass
-class EvalOptions:
-    """Everything an eval run can be told; an ``eval:`` config section maps onto these names."""
-
-    benches: tuple[str, ...] = ()  # empty: DEFAULT_BENCHES (SKILL_FREE_BENCHES with skill_free)
-    data_dir: str | None = None  # folder holding sns_bench/, sns_transbench/, general/, preference/
-    split: str = "test"
-    files: tuple[str, ...] = ()  # SNS-Bench files to run; empty: all 12
-    limit: int | None = None  # N items per SNS-Bench file and per TransBench direction
-    subset: str = "first"  # which N: "first" or "spread" (evenly spaced through the file)
-    out: str | None = None  # result JSON; predictions JSONL and Markdown table go next to it
-    prompt_style: str = "redone"
-    max_prompt_chars: int | None = None  # clip long note fields like the SFT stage (data.max_prompt_chars)
-    bug_compatible: bool = False
-    batch_size: int = 8
-    max_new_tokens_cap: int | None = 256  # None or 0: each task's full budget
-    skill_free: bool = False
-    embedder: str = "auto"  # "auto" (bundled all-MiniLM-L6-v2 if installed) or "none" (ANLS only)
-    dtype: str = "float32"
-    attn_implementation: str = "auto"
-    backend: str = "hf"
-    device: str = "auto"  # "auto": cuda when available, else cpu
-    ppl_max_tokens: int = 16384
-    ppl_context: int = 1024
-    lm_eval_tasks: tuple[str, ...] = ()
-    lm_eval_limit: int | None = None
-    progress: bool = True
-    label: str | None = None  # column name in compare tables; default: the model's folder name
-
-    @classmethod
-    def from_mapping(cls, mapping: dict | None) -> EvalOptions:
-        names = [f.name for f in dataclasses.fields(cls)]
-        values = {}
-        for key, value in (mapping or {}).items():
-            if key not in names:
-                close = difflib.get_close_matches(key, names, n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise RedoneError(f"eval.{key}: unknown eval option{hint}")
-            values[key] = tuple(value) if isinstance(value, list) else value
-        return cls(**values)
-
-    def resolved_benches(self) -> tuple[str, ...]:
-        benches = tuple(self.benches) or (SKILL_FREE_BENCHES if self.skill_free else DEFAULT_BENCHES)
-        for bench in benches:
-            _check_choice("bench", bench, BENCHES)
-        if self.skill_free:
-            extra = [b for b in benches if b not in SKILL_FREE_BENCHES]
-            if extra:
-                raise RedoneError(f"eval: the skill-free baseline has no {', '.join(extra)} (it is no model)")
-        return tuple(dict.fromkeys(benches))  # de-duplicated, order kept
-
-    def validate(self) -> None:
-        from redone.sns.scoring import SNS_FILES
-        from redone.sns.tasks import STYLES
-
-        self.resolved_benches()
-        _check_choice("prompt_style", self.prompt_style, STYLES)
-        _check_choice("dtype", self.dtype, DTYPES)
-        _check_choice("backend", self.backend, BACKENDS)
-        _check_choice("embedder", self.embedder, ("auto", "none"))
-        for file in self.files:
-            _check_choice("SNS-Bench file", file, SNS_FILES)
-        for name in ("batch_size", "ppl_max_tokens", "ppl_context"):
-            if getattr(self, name) < 1:
-                raise RedoneError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_prompt_chars is not None and self.max_prompt_chars < 1:
-            raise RedoneError(f"eval.max_prompt_chars must be >= 1 (or unset), got {self.max_prompt_chars}")
-        if self.subset not in SUBSETS:
-            raise RedoneError(f"eval.subset must be one of {', '.join(SUBSETS)}, got {self.subset!r}")
-        if self.limit is not None and self.limit < 1:
-            raise RedoneError(f"eval.limit must be >= 1 (or unset for the full split), got {self.limit}")
-        if self.max_new_tokens_cap is not None and self.max_new_tokens_cap < 0:
-            raise RedoneError(f"eval.max_new_tokens_cap must be >= 0, got {self.max_new_tokens_cap}")
+def eval_config(mapping: dict | None, prefix: str = "eval") -> EvalConfig:
+    """An ``EvalConfig`` from a mapping (an ``eval:`` section, flags, keyword options), type-checked,
+    unknown keys refused with a did-you-mean naming ``<prefix>.<key>``."""
+    values = {k: list(v) if isinstance(v, tuple) else v for k, v in (mapping or {}).items()}
+    check_unknown_keys(values, EvalConfig, prefix=f"{prefix}.")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(EvalConfig), values)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise ConfigError(f"{prefix}.{key}: {str(err).splitlines()[0]}") from None
 
 
-def _check_choice(what: str, value, choices) -> None:
-    if value not in choices:
-        close = difflib.get_close_matches(str(value), list(choices), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else f" (choose from {', '.join(choices)})"
-        raise RedoneError(f"eval: unknown {what} {value!r}{hint}")
+def resolved_benches(options: EvalConfig) -> tuple[str, ...]:
+    """The benches to run: the ones asked for, or the defaults (the skill-free baseline has no ppl)."""
+    benches = tuple(options.benches) or (SKILL_FREE_BENCHES if options.skill_free else DEFAULT_BENCHES)
+    return tuple(dict.fromkeys(benches))  # de-duplicated, order kept
+
+
+def other_mode(mode: str) -> str:
+    return "official" if mode == "fixed" else "fixed"
 
 
 def evaluate(model: str | None, benches=(), **options) -> dict:
     """Evaluate ``model`` (a model dir, hub id or built-in name) on ``benches``; returns the result dict.
 
-    Keyword options are the fields of ``EvalOptions`` (data_dir, limit, out, prompt_style, ...).
+    Keyword options are the fields of ``EvalConfig`` (data_dir, limit, out, prompt_style, ...).
     """
-    return run_eval(model, EvalOptions.from_mapping({**options, "benches": tuple(benches)}))
+    return run_eval(model, eval_config({**options, "benches": list(benches)}))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -180,7 +121,6 @@ def resolve_data_dir(path: str | None) -> Path:
     raise RedoneError(f"eval: data folder not found (tried {', '.join(map(str, candidates))}); pass --data")
 
 
-SUBSETS = ("first", "spread")
 
 
 def subset_indices(n: int, limit: int | None, subset: str = "first") -> list[int]:
@@ -249,7 +189,7 @@ def budget(task: str, cap: int | None) -> int:
 class Predictor:
     """Loads the model once and predicts benchmark items, resumably."""
 
-    def __init__(self, model: str, options: EvalOptions):
+    def __init__(self, model: str, options: EvalConfig):
         from redone.eval.generate import HFGenerator, PredictionStore, VLLMGenerator
         from redone.model import load_tokenizer, resolve_model
 
@@ -286,7 +226,7 @@ class Predictor:
         return generate_resumable(self.generator, jobs, self.store)
 
 
-def load_eval_model(model: str, options: EvalOptions):
+def load_eval_model(model: str, options: EvalConfig):
     import torch
 
     from redone.model import load_model
@@ -321,21 +261,21 @@ def predictions_path(out: str | None) -> Path | None:
 
 
 def score_sns_bench(by_file: dict[str, list[EvalItem]], predictions: dict[str, list[str]],
-                    hits: dict[str, int], options: EvalOptions, train_dir: Path, embedder) -> dict:
+                    hits: dict[str, int], options: EvalConfig, train_dir: Path, embedder) -> dict:
     """Per-file results, tasks and average in the chosen mode; the other mode's; the skill-free row."""
     from redone.sns.scoring import aggregate, score_file
 
-    def score_all(preds: dict[str, list[str]], bug_compatible: bool) -> dict[str, dict]:
-        return {file: score_file(file, preds[file], [it.item for it in items], bug_compatible=bug_compatible,
+    def score_all(preds: dict[str, list[str]], mode: str) -> dict[str, dict]:
+        return {file: score_file(file, preds[file], [it.item for it in items], mode=mode,
                                  embedder=embedder)
                 for file, items in by_file.items()}
 
-    files = score_all(predictions, options.bug_compatible)
+    files = score_all(predictions, options.scoring_mode)
     for file in by_file:
         files[file]["max_new_tokens"] = budget(file, options.max_new_tokens_cap)
         files[file]["hit_budget"] = hits.get(file, 0)
     summary = aggregate(files)
-    other = aggregate(score_all(predictions, not options.bug_compatible))
+    other = aggregate(score_all(predictions, other_mode(options.scoring_mode)))
     section = {"files": files, **summary,
                "other_mode": {k: other[k] for k in ("mode", "tasks", "average")}}
     if not options.skill_free:
@@ -343,14 +283,14 @@ def score_sns_bench(by_file: dict[str, list[EvalItem]], predictions: dict[str, l
     return section
 
 
-def skill_free_sns(by_file: dict[str, list[EvalItem]], options: EvalOptions, train_dir: Path, embedder) -> dict:
+def skill_free_sns(by_file: dict[str, list[EvalItem]], options: EvalConfig, train_dir: Path, embedder) -> dict:
     """The skill-free baseline scored on the same items and in the same mode."""
     from redone.sns.scoring import aggregate, score_file
 
     files = {}
     for file, items in by_file.items():
         preds = skill_free_sns_predictions(file, [it.item for it in items], train_dir)
-        result = score_file(file, preds, [it.item for it in items], bug_compatible=options.bug_compatible,
+        result = score_file(file, preds, [it.item for it in items], mode=options.scoring_mode,
                             embedder=embedder)
         files[file] = {"score": result["score"], "success_ratio": result["success_ratio"]}
     return {"files": files, **{k: v for k, v in aggregate(files).items() if k in ("tasks", "average")}}
@@ -367,7 +307,7 @@ def skill_free_sns_predictions(file: str, items: list[dict], train_dir: Path) ->
 
 
 def score_transbench_section(items: list[EvalItem], predictions: list[str], hits: Counter,
-                             options: EvalOptions) -> dict:
+                             options: EvalConfig) -> dict:
     from redone.eval.baseline import skill_free_transbench
     from redone.sns.transbench import score_transbench
 
@@ -384,7 +324,7 @@ def score_transbench_section(items: list[EvalItem], predictions: list[str], hits
     return section
 
 
-def querygen_embedder(options: EvalOptions, files) -> tuple[object | None, str]:
+def querygen_embedder(options: EvalConfig, files) -> tuple[object | None, str]:
     """(embedder or None, how QueryGen is scored) -- loaded only when QueryGen is evaluated."""
     if "Note-QueryGen" not in files:
         return None, "not evaluated"
@@ -403,11 +343,11 @@ def querygen_embedder(options: EvalOptions, files) -> tuple[object | None, str]:
 # --------------------------------------------------------------------------------------------------
 
 
-def run_eval(model: str | None, options: EvalOptions) -> dict:
+def run_eval(model: str | None, options: EvalConfig) -> dict:
     """Run the benches, write ``options.out`` (JSON + .md) when set, and return the result dict."""
     start = time.perf_counter()
-    options.validate()
-    benches = options.resolved_benches()
+    check_eval(options)
+    benches = resolved_benches(options)
     if not options.skill_free and not model:
         raise RedoneError("eval: pass --model (or --skill-free for the baseline without a model)")
     data_dir = resolve_data_dir(options.data_dir)
@@ -451,7 +391,7 @@ def _predict_or_baseline(predictor: Predictor | None, items: list[EvalItem], bas
     return {key: (rec.prediction, rec.hit_budget) for key, rec in stored.items()}, stats
 
 
-def run_sns_bench(predictor: Predictor | None, data_dir: Path, options: EvalOptions) -> tuple[dict, str]:
+def run_sns_bench(predictor: Predictor | None, data_dir: Path, options: EvalConfig) -> tuple[dict, str]:
     by_file = sns_bench_items(data_dir, options.split, options.files, options.limit, options.subset)
     train_dir = data_dir / "sns_bench" / "train"
 
@@ -474,7 +414,7 @@ def run_sns_bench(predictor: Predictor | None, data_dir: Path, options: EvalOpti
     return section, querygen
 
 
-def run_transbench(predictor: Predictor | None, data_dir: Path, options: EvalOptions) -> dict:
+def run_transbench(predictor: Predictor | None, data_dir: Path, options: EvalConfig) -> dict:
     from redone.eval.baseline import skill_free_transbench
 
     items = transbench_items(data_dir, options.split, options.limit, options.subset)
@@ -498,7 +438,7 @@ def default_label(model: str) -> str:
     return path.parent.name if path.name == "final" and path.parent.name else path.name
 
 
-def build_header(model, predictor, options: EvalOptions, benches, data_dir: Path, querygen: str,
+def build_header(model, predictor, options: EvalConfig, benches, data_dir: Path, querygen: str,
                  wall: float) -> dict:
     import torch
     import transformers
@@ -520,8 +460,8 @@ def build_header(model, predictor, options: EvalOptions, benches, data_dir: Path
         "limit_note": limit_note(options.limit, options.subset),
         "prompt_style": options.prompt_style,
         "max_prompt_chars": options.max_prompt_chars,
-        "scoring_mode": "bug_compatible" if options.bug_compatible else "fixed",
-        "other_mode": "fixed" if options.bug_compatible else "bug_compatible",
+        "scoring_mode": options.scoring_mode,
+        "other_mode": other_mode(options.scoring_mode),
         "querygen_mode": querygen,
         "max_new_tokens_cap": cap,
         "max_new_tokens_note": ("per-task budgets" if cap is None else

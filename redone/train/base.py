@@ -1,4 +1,4 @@
-"""What a stage gives the loop: data (a resumable packer) and a loss over one micro-batch.
+"""What a stage gives the loop: data (its data path's resumable drawer) and a loss over one micro-batch.
 
 The loop never looks inside a batch. A stage's ``loss`` returns the *sum* of its per-unit losses and
 the number of units (tokens for cpt/sft, pairs for dpo), so the loop can weight gradient accumulation
@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from redone.config.schema import RunConfig
-from redone.data.packing import IGNORE, collate
+from redone.data.packing import IGNORE, collate, pack_in_order
+from redone.data.stage_data import StageData
 
 
 @dataclass
@@ -26,34 +27,45 @@ class LossOutput:
 
 
 class Stage:
-    """Base class: subclasses build ``self.packer``, ``self.source_names`` and define ``loss``."""
+    """Base class: a subclass hands its data path's ``StageData`` to ``__init__`` and defines ``loss``."""
 
     name = "base"
 
-    def __init__(self, config: RunConfig, tokenizer):
+    def __init__(self, config: RunConfig, tokenizer, data: StageData):
         self.config = config
         self.tokenizer = tokenizer
-        self.packer = None
-        self.source_names: list[str] = []
-        self.source_info: list[dict] = []  # lineage: name, path, digest, items, tokens
+        self.data = data
         self.layout = "rows"  # rows | flat | padded (set by the loop from the attention choice)
+
+    @property
+    def source_names(self) -> list[str]:
+        return self.data.names
+
+    @property
+    def source_info(self) -> list[dict]:
+        """Lineage of every mixture component (written into final/redone.json)."""
+        return self.data.components
+
+    @property
+    def drawer(self):
+        return self.data.drawer
 
     def prepare_model(self, model) -> None:
         """Hook before training starts (dpo computes its reference cache here)."""
 
     def next_batch(self, rank: int, world: int) -> dict:
         """The next global micro-batch (world * micro_batch_size rows); this rank keeps its share."""
-        rows = [self.packer.next_row() for _ in range(world * self.config.train.micro_batch_size)]
+        rows = [self.drawer.next_row() for _ in range(world * self.config.train.micro_batch_size)]
         return collate(rows[rank::world], self.tokenizer.pad_token_id, self.layout)
 
     def loss(self, model, batch: dict) -> LossOutput:
         raise NotImplementedError
 
     def state_dict(self) -> dict:
-        return self.packer.state_dict()
+        return self.drawer.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.packer.load_state_dict(state)
+        self.drawer.load_state_dict(state)
 
     def batch_units(self, batch: dict) -> int:
         """Units the loss of this batch is averaged over, known before the forward pass."""
@@ -68,8 +80,16 @@ class Stage:
         return {f"loss/{tag}": totals[0] / max(totals[1], 1), f"tokens/{tag}": totals[1]}
 
     def eval_batches(self) -> dict[str, list[dict]]:
-        """Held-out batches per tag for the periodic eval loss (none by default)."""
-        return {}
+        """Held-out batches per component for the periodic eval loss: each held-out item once, packed
+        as in training (``data.eval_holdout`` items per component; none when 0)."""
+        data, size = self.config.data, self.config.train.micro_batch_size
+        batches = {}
+        for name, store in self.data.held_out.items():
+            rows = pack_in_order(store, self.source_names.index(name), data.seq_len,
+                                 self.tokenizer.pad_token_id, data.packing)
+            batches[name] = [collate(rows[i:i + size], self.tokenizer.pad_token_id, self.layout)
+                             for i in range(0, len(rows), size)]
+        return batches
 
     def held_out_metrics(self, model) -> dict[str, float]:
         """What the periodic eval logs: ``eval_loss/<tag>`` (dpo adds reward accuracy and margins)."""
@@ -109,9 +129,9 @@ def model_device(model) -> torch.device:
 def token_tag_ids(batch: dict, shape: tuple[int, int], device) -> torch.Tensor:
     """[B, L-1] source index of each scored position (-1 outside segments), from the segment list."""
     tags = torch.full(shape, -1, dtype=torch.long)
-    for b, start, length, source, _item, _part in batch["segments"]:
+    for seg in batch["segments"]:
         # Position t scores label t+1: a segment [start, start+length) is scored at [start-1, start+length-1).
-        tags[b, max(start - 1, 0): start + length - 1] = source
+        tags[seg.row, max(seg.start - 1, 0): seg.start + seg.length - 1] = seg.source
     return tags.to(device)
 
 
@@ -134,7 +154,7 @@ def token_ce_loss(model, batch: dict, source_names: list[str]) -> LossOutput:
 
 def real_tokens(batch: dict) -> int:
     """Tokens that belong to a segment (row tails and padding excluded)."""
-    return sum(segment[2] for segment in batch["segments"])
+    return sum(segment.length for segment in batch["segments"])
 
 
 @torch.no_grad()

@@ -1,35 +1,26 @@
 """DPO: preference alignment on pairs from user files and from SNS task data, no resident reference model.
 
-Features
-- Pair sources (``redone.data.preference``): prompt/chosen/rejected files (strings or chat messages),
-  HH-RLHF dialogues, and pairs built from SNS-Bench / SNS-TransBench items (gold vs a plausible wrong
-  answer, verified with the benchmark metric); optionally rejected answers sampled from the starting
-  model (``data.sample_rejected: N`` samples per item, ``RejectedSampler``), kept where the metric
-  scores them below the gold. One mixture component (and metric tag) per file / task; mixed by
-  pair counts (ratio of source weights, or temperature). Counts per component (pairs, dropped per
-  reason, rejected kinds, truncated) are printed at start and kept in ``source_info`` (lineage).
+The data path (pairs from files and from SNS task data, sampled rejected answers, tokens, mixture over
+pairs, packed micro-batches) is ``redone.data.dpo``. This module is the loss and its hooks:
+
 - Loss per pair: sigmoid DPO with ``dpo.beta`` and label smoothing (cDPO,
   ``-(1-e) log s(b d) - e log s(-b d)``), or IPO (``(d/len - 1/(2b))^2`` on length-normalised log
   ratios, as TRL); optional NLL on the chosen completion (``dpo.nll_weight`` x mean NLL per chosen
-  token). Gradient accumulation is weighted by pairs.
+  token). Gradient accumulation is weighted by pairs. Logits are computed only at completion
+  positions (a ``logits_to_keep`` mask): the prompt never reaches the LM head.
 - Reference log-probs: one no-grad pass of the starting policy (or of ``dpo.reference_model``, loaded
   for the pass and freed) before step 1, cached on disk (``redone.train.ref_cache``) and reused on
   resume and reruns; under several processes each computes a share and they are summed. No
   reference model is resident during training.
-- A micro-batch is ``train.micro_batch_size`` pairs: their chosen and rejected sequences go through
-  one forward, padding-free packed (each sequence a segment whose position_ids restart, first-fit
-  decreasing into rows as wide as the longest sequence, so packing never adds attention cost).
-  Logits are computed only at completion positions (a ``logits_to_keep`` mask): the prompt never
-  reaches the LM head. ``data.packing: false`` pads every sequence to its own row (the comparison
-  path). ``data.seq_len`` bounds each sequence (prompt + completion), as TRL's ``max_length``.
+- ``RejectedSampler`` (``data.sample_rejected``): answers sampled from the starting model for task
+  prompts, through the shared generator (``redone.eval.generate``), handed to the data path.
 - Metrics per task: ``loss/``, ``reward_accuracy/``, ``reward_chosen/``, ``reward_rejected/``,
   ``reward_margin/``, ``logp_chosen/``, ``logp_rejected/``, ``pairs/``, ``tokens/``; held-out pairs
   (``data.eval_holdout`` per task) give the same metrics with an ``eval_`` prefix, per task and over
   all tasks, every ``train.eval_every`` steps (``DPOStage.evaluate``).
 
-Errors: ``DataError`` for malformed pairs under ``data.bad_pairs: error``, an over-long pair under
-``data.overlong: error``, a source with no usable pairs, task data with ``build_from_tasks: false``;
-``RedoneError`` for a reference model whose vocabulary does not cover the tokenizer.
+Errors: ``DataError`` from the data path; ``RedoneError`` for a reference model whose vocabulary does
+not cover the tokenizer, or ``dpo.share_prompt: true`` where the layout cannot share the prompt.
 
 Under DeepSpeed ZeRO-3 the reference pass runs before the engine exists, on the zero.Init shards
 gathered whole on every rank for the pass (``redone.distributed.whole_parameters``).
@@ -40,115 +31,49 @@ from __future__ import annotations
 import gc
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from redone.config.schema import DPOConfig
-from redone.data.cache import cached_store, tokenizer_digest
-from redone.data.mixture import MixtureSampler, mixture_probs, split_source_weights
-from redone.data.packing import IGNORE, Row, TokenStore, _RowBuilder, collate
-from redone.data.preference import PairPlan, pair_plans, tokenize_pairs
-from redone.data.sources import source_digest
+from redone.data.cache import tokenizer_digest
+from redone.data.dpo import build_dpo_data, pair_batch
+from redone.data.packing import IGNORE, BatchSegment, TokenStore
 from redone.errors import RedoneError
 from redone.train import ref_cache
 from redone.train.base import LossOutput, Stage
-from redone.train.sft import split_holdout
 
-# Bump when the rules that build pairs from task data change: cached pair stores are then rebuilt.
-PAIR_BUILDER_VERSION = 2
 # Per-tag sums reported by ``loss`` (the loop sums them over micro-batches, steps and processes).
 TAG_FIELDS = ("loss", "tokens", "pairs", "correct", "reward_chosen", "reward_rejected", "margin",
               "logp_chosen", "logp_rejected")
-
-
-class PairDrawer:
-    """The mixture sampler over pairs; its state is the sampler's (O(1) exact resume)."""
-
-    def __init__(self, sampler: MixtureSampler):
-        self.sampler = sampler
-
-    def next(self) -> tuple[int, int]:
-        return self.sampler.next()
-
-    def state_dict(self) -> dict:
-        return {"sampler": self.sampler.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.sampler.load_state_dict(state["sampler"])
 
 
 class DPOStage(Stage):
     name = "dpo"
 
     def __init__(self, config: DPOConfig, tokenizer):
-        super().__init__(config, tokenizer)
-        data = config.data
-        self.rejected_sampler = RejectedSampler(config, tokenizer) if data.sample_rejected else None
-        plans = pair_plans(list(data.sources), data, config.seed, self.rejected_sampler)
-        self.train_stores: list[TokenStore] = []
-        self.eval_stores: list[TokenStore | None] = []
-        for plan in plans:
-            store, manifest, hit = self._tokenized(plan)
-            train_idx, held_idx = split_holdout(store, data.eval_holdout, config.seed, plan.name)
-            self.train_stores.append(store.subset(train_idx))
-            self.eval_stores.append(store.subset(held_idx) if len(held_idx) else None)
-            self.source_names.append(plan.name)
-            counts = {k: v for k, v in manifest.items() if k not in ("key", "parts")}
-            self.source_info.append({
-                "name": plan.name, "source": data.sources[plan.source].path, "digest": manifest["parts"]["digest"],
-                "pairs": len(train_idx), "held_out": len(held_idx),
-                "tokens": int(self.train_stores[-1].tokens.size), "cache_hit": hit, **counts})
+        self.rejected_sampler = RejectedSampler(config, tokenizer) if config.data.sample_rejected else None
+        super().__init__(config, tokenizer, build_dpo_data(config, tokenizer, self.rejected_sampler))
         if self.rejected_sampler is not None:
             self.rejected_sampler.close()
-        self.probs = pair_probs(plans, self.train_stores, data)
-        for info, p in zip(self.source_info, self.probs):
-            info["planned_share"] = p
-        sampler = MixtureSampler([np.ones(len(s), dtype=np.int64) for s in self.train_stores], self.probs, config.seed)
-        self.packer = PairDrawer(sampler)
         self.ref: dict[str, torch.Tensor] | None = None
         self.reference_info: dict = {}
         self.shared_prompt = False  # decided in prepare_model, once the attention implementation is known
         print_summary(self.source_info)
 
-    # ------------------------------------------------------------ data
-
-    def _tokenized(self, plan: PairPlan):
-        data = self.config.data
-        source = data.sources[plan.source]
-        parts = {"kind": "dpo-pairs", "builder": PAIR_BUILDER_VERSION, "component": plan.name,
-                 "digest": source_digest(source), "format": source.format, "limit": source.limit,
-                 "style": data.prompt_style, "seq_len": data.seq_len, "max_prompt_chars": data.max_prompt_chars,
-                 "overlong": data.overlong, "bad_pairs": data.bad_pairs, "pairs_per_item": data.pairs_per_item,
-                 "seed": self.config.seed if plan.kind != "file" else None,
-                 "tokenizer": tokenizer_digest(self.tokenizer)}
-        if self.rejected_sampler is not None and plan.kind != "file":
-            parts["sampled"] = self.rejected_sampler.key_parts()
-
-        def build():
-            pairs, counts = plan.build()
-            store, token_counts = tokenize_pairs(pairs, self.tokenizer, data, plan.name, data.bad_pairs)
-            return store, dict(counts + token_counts, built_pairs=len(pairs))
-
-        return cached_store(data.cache_dir, parts, build)
+    # ------------------------------------------------------------ batches
 
     def make_batch(self, picks: list[tuple[int, int]], split: str = "train") -> dict:
-        """A micro-batch of the given (source, item) pairs, packed as configured."""
-        stores = self.train_stores if split == "train" else self.eval_stores
-        if self.shared_prompt:
-            batch = shared_prompt_batch(stores, picks, self.tokenizer.pad_token_id)
-        else:
-            rows = pack_pairs(stores, picks, self.tokenizer.pad_token_id, packing=self.config.data.packing,
-                              fill=self.layout == "rows")
-            batch = collate(rows, self.tokenizer.pad_token_id, self.layout)
-        batch["split"] = split
-        # A pair counts as its two sequences' tokens (prompt+chosen, prompt+rejected), as TRL counts
-        # it, whether or not the prompt is computed once: tokens/s compare across layouts and trainers.
-        batch["pair_tokens"] = [int(stores[s].offsets[i + 1] - stores[s].offsets[i]) for s, i in picks]
-        return batch
+        """A micro-batch of the given (component, pair) picks, packed as configured."""
+        return pair_batch(self._stores(split), picks, self.tokenizer.pad_token_id, layout=self.layout,
+                          packing=self.config.data.packing, shared_prompt=self.shared_prompt, split=split)
+
+    def _stores(self, split: str) -> list[TokenStore | None]:
+        if split == "train":
+            return self.data.stores
+        return [self.data.held_out.get(name) for name in self.source_names]
 
     def next_batch(self, rank: int, world: int) -> dict:
-        picks = [self.packer.next() for _ in range(world * self.config.train.micro_batch_size)]
+        picks = [self.drawer.next() for _ in range(world * self.config.train.micro_batch_size)]
         return self.make_batch(picks[rank::world], "train")
 
     def batch_units(self, batch: dict) -> int:
@@ -157,7 +82,7 @@ class DPOStage(Stage):
     def eval_batches(self) -> dict[str, list[dict]]:
         size = self.config.train.micro_batch_size
         batches = {}
-        for source, store in enumerate(self.eval_stores):
+        for source, store in enumerate(self._stores("eval")):
             if store is None:
                 continue
             picks = [(source, i) for i in range(len(store))]
@@ -237,8 +162,8 @@ class DPOStage(Stage):
                   f"{what} ({self.reference_info['seconds']} s) -> {path}", flush=True)
 
     def store_names(self) -> dict[str, TokenStore]:
-        names = {f"train/{s}": store for s, store in enumerate(self.train_stores)}
-        names.update({f"eval/{s}": store for s, store in enumerate(self.eval_stores) if store is not None})
+        names = {f"train/{s}": store for s, store in enumerate(self._stores("train"))}
+        names.update({f"eval/{s}": store for s, store in enumerate(self._stores("eval")) if store is not None})
         return names
 
     def reference_for(self, batch: dict, device) -> torch.Tensor:
@@ -247,7 +172,8 @@ class DPOStage(Stage):
             raise RedoneError("dpo: reference log-probs are missing (prepare_model was not called)")
         split = batch.get("split", "train")
         chosen, _ = pair_segments(batch["segments"])
-        rows = [self.ref[f"{split}/{batch['segments'][k][3]}"][batch["segments"][k][4]] for k in chosen]
+        segments = batch["segments"]
+        rows = [self.ref[f"{split}/{segments[k].source}"][segments[k].item] for k in chosen]
         return torch.stack(rows).to(device)
 
     # ------------------------------------------------------------ loss and metrics
@@ -260,14 +186,14 @@ class DPOStage(Stage):
         policy, n_tokens = logps[order], counts[order]
         reference = self.reference_for(batch, policy.device)
         losses, chosen_rewards, rejected_rewards = dpo_loss(policy, reference, n_tokens, self.config.dpo)
-        pair_tokens = batch.get("pair_tokens") or [segments[c][2] + segments[r][2]
+        pair_tokens = batch.get("pair_tokens") or [segments[c].length + segments[r].length
                                                    for c, r in zip(chosen_idx, rejected_idx)]
         tags: dict[str, list[float]] = {}
         with torch.no_grad():
             values = torch.stack([losses.detach(), chosen_rewards, rejected_rewards,
                                   policy[:, 0].detach(), policy[:, 1].detach()], dim=1).double().cpu().tolist()
             for k, (loss, chosen, rejected, logp_c, logp_r) in enumerate(values):
-                row = tags.setdefault(self.source_names[segments[chosen_idx[k]][3]], [0.0] * len(TAG_FIELDS))
+                row = tags.setdefault(self.source_names[segments[chosen_idx[k]].source], [0.0] * len(TAG_FIELDS))
                 for i, v in enumerate((loss, pair_tokens[k], 1, float(chosen > rejected), chosen, rejected,
                                        chosen - rejected, logp_c, logp_r)):
                     row[i] += v
@@ -367,62 +293,16 @@ class RejectedSampler:
 # ---------------------------------------------------------------- pieces (tests and the benchmark use them)
 
 
-def pair_probs(plans: list[PairPlan], stores: list[TokenStore], data) -> list[float]:
-    """Mixture shares over components, by pair counts (a pair is the unit of the DPO loss)."""
-    sizes = [len(s) for s in stores]
-    if data.mixing == "temperature":
-        return mixture_probs([], sizes, "temperature", data.temperature)
-    weights = split_source_weights([p.source for p in plans], [s.weight for s in data.sources], sizes,
-                                   data.temperature)
-    return mixture_probs(weights, sizes, "ratio", 1.0)
-
-
-def pack_pairs(stores, picks: list[tuple[int, int]], pad_id: int, *, packing: bool, fill: bool) -> list[Row]:
-    """The chosen and rejected sequences of the picked pairs as rows (segments with their own positions).
-
-    Packed: first-fit decreasing into rows as wide as the longest sequence of the micro-batch, so a row
-    never costs more attention (quadratic in its width) than that sequence alone would, and the few
-    pad tokens are a row's tail. Unpacked: one sequence per row (``collate`` pads them).
-    """
-    sequences = []
-    for source, item in picks:
-        ids, mask = stores[source].item(item)
-        cut = int(stores[source].part_offsets[item])
-        sequences += [(ids[:cut], mask[:cut], source, item, 0), (ids[cut:], mask[cut:], source, item, 1)]
-    width = max(len(seq[0]) for seq in sequences)
-    if not packing:
-        bins = [[k] for k in range(len(sequences))]
-    else:
-        bins, used = [], []
-        for k in sorted(range(len(sequences)), key=lambda k: -len(sequences[k][0])):
-            size = len(sequences[k][0])
-            for j, u in enumerate(used):
-                if u + size <= width:
-                    bins[j].append(k)
-                    used[j] += size
-                    break
-            else:
-                bins.append([k])
-                used.append(size)
-    rows = []
-    for members in bins:
-        row = _RowBuilder(width, restart_positions=True)
-        for k in sorted(members):
-            row.add(*sequences[k])
-        rows.append(row.finish(pad_id, fill=fill and packing))
-    return rows
-
-
-def pair_segments(segments: list[tuple]) -> tuple[list[int], list[int]]:
+def pair_segments(segments: list[BatchSegment]) -> tuple[list[int], list[int]]:
     """Indices of each pair's chosen and rejected segment (a pair drawn twice is matched in order)."""
     open_chosen: dict[tuple[int, int], list[int]] = {}
     chosen, rejected = [], []
     for k, seg in enumerate(segments):
-        if seg[5] == 0:
-            open_chosen.setdefault((seg[3], seg[4]), []).append(k)
+        if seg.part == 0:
+            open_chosen.setdefault((seg.source, seg.item), []).append(k)
     for k, seg in enumerate(segments):
-        if seg[5] == 1:
-            chosen.append(open_chosen[(seg[3], seg[4])].pop(0))
+        if seg.part == 1:
+            chosen.append(open_chosen[(seg.source, seg.item)].pop(0))
             rejected.append(k)
     return chosen, rejected
 
@@ -447,8 +327,8 @@ def segment_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     targets = labels[:, 1:][scored]
     token_logps = -F.cross_entropy(logits.float(), targets, reduction="none")
     owner = torch.full(scored.shape, -1, dtype=torch.long)
-    for k, (b, start, length, *_rest) in enumerate(batch["segments"]):
-        owner[b, max(start - 1, 0): start + length - 1] = k
+    for k, seg in enumerate(batch["segments"]):
+        owner[seg.row, max(seg.start - 1, 0): seg.start + seg.length - 1] = k
     owner = owner.to(device)[scored]
     n = len(batch["segments"])
     sums = torch.zeros(n, dtype=token_logps.dtype, device=device).index_add(0, owner, token_logps)
@@ -490,62 +370,6 @@ def resolve_shared_prompt(requested, layout: str, attn: str | None) -> bool:
     return possible if requested is None else bool(requested)
 
 
-def shared_prompt_batch(stores, picks: list[tuple[int, int]], pad_id: int) -> dict:
-    """Pairs as ``prompt | chosen | rejected`` items, first-fit decreasing into rows as wide as the
-    longest item. Positions restart per item, and the rejected tokens continue the prompt's positions
-    (so they sit exactly where they would after the prompt alone). The boolean 4D mask is causal
-    inside an item, except that rejected tokens never see chosen ones, and nothing crosses items.
-    ``segments`` list each pair's chosen and rejected span; ``targets`` say which hidden state
-    predicts which completion token.
-    """
-    items = []
-    for source, item in picks:
-        ids, mask = stores[source].item(item)
-        cut = int(stores[source].part_offsets[item])
-        p = int(np.argmax(mask[:cut]))  # first completion token: the prompt is everything before it
-        items.append((source, item, ids[:cut], ids[cut + p:], p))
-    lengths = [len(chosen_full) + len(rejected) for _, _, chosen_full, rejected, _ in items]
-    width = max(lengths)
-    bins: list[list[int]] = []
-    used: list[int] = []
-    for k in sorted(range(len(items)), key=lambda k: -lengths[k]):
-        for j, u in enumerate(used):
-            if u + lengths[k] <= width:
-                bins[j].append(k)
-                used[j] += lengths[k]
-                break
-        else:
-            bins.append([k])
-            used.append(lengths[k])
-    input_ids = torch.full((len(bins), width), pad_id, dtype=torch.long)
-    positions = torch.zeros((len(bins), width), dtype=torch.long)
-    attention = torch.zeros((len(bins), 1, width, width), dtype=torch.bool)
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    segments, targets = [], []
-    for b, members in enumerate(bins):
-        offset = 0
-        for k in sorted(members):
-            source, item, chosen_full, rejected, p = items[k]
-            c, r = len(chosen_full) - p, len(rejected)
-            span = slice(offset, offset + p + c + r)
-            input_ids[b, span] = torch.from_numpy(np.concatenate([chosen_full, rejected]).astype(np.int64))
-            positions[b, span] = torch.cat([torch.arange(p + c), torch.arange(p, p + r)])
-            attention[b, 0, span, span] = causal[: p + c + r, : p + c + r]
-            attention[b, 0, offset + p + c: offset + p + c + r, offset + p: offset + p + c] = False
-            chosen_seg, rejected_seg = len(segments), len(segments) + 1
-            segments += [(b, offset + p, c, source, item, 0), (b, offset + p + c, r, source, item, 1)]
-            last_prompt = offset + p - 1
-            for j in range(c):  # chosen token j is predicted at the position before it
-                targets.append((b, last_prompt + j, int(chosen_full[p + j]), chosen_seg))
-            for j in range(r):  # the first rejected token is predicted from the prompt's last position
-                targets.append((b, last_prompt if j == 0 else offset + p + c + j - 1, int(rejected[j]), rejected_seg))
-            offset += p + c + r
-        tail = torch.arange(offset, width)
-        attention[b, 0, tail, tail] = True  # padding attends to itself only (no empty softmax rows)
-    return {"input_ids": input_ids, "position_ids": positions, "attention_mask": attention,
-            "targets": torch.tensor(targets, dtype=torch.long), "segments": segments}
-
-
 def dpo_loss(policy: torch.Tensor, reference: torch.Tensor, n_tokens: torch.Tensor, dpo):
     """Per-pair loss and (detached) implicit rewards. policy/reference/n_tokens: [pairs, 2] (chosen, rejected)."""
     chosen_ratio = policy[:, 0] - reference[:, 0]
@@ -581,8 +405,8 @@ def compute_reference(stage: DPOStage, model, names: dict[str, TokenStore], prec
             count = min(chunk, len(names[name]) - start)
             batch = stage.make_batch([(int(source), start + i) for i in range(count)], split)
             logps, _ = segment_logps(model, batch)
-            for (_b, _s, _n, _src, item, part), value in zip(batch["segments"], logps.float().cpu().tolist()):
-                tensors[name][item, part] = value
+            for seg, value in zip(batch["segments"], logps.float().cpu().tolist()):
+                tensors[name][seg.item, seg.part] = value
     if state.num_processes > 1:
         # Each process filled its own chunks (zeros elsewhere): a sum gathers the whole table exactly.
         flat = torch.cat([t.flatten() for t in tensors.values()]).to(device)

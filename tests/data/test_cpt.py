@@ -6,7 +6,6 @@ post, an eval item inside a longer document) so every count in the report is kno
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import os
@@ -17,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from redone.config import schema
-from redone.data import prepare, quality
+from redone.data import cpt
+from redone.data.report import format_stage_report
 from redone.errors import ConfigError
 from redone.model import load_tokenizer
-from redone.stages import load_config
+from redone.stages import load_config, prepare_data
 from tests.conftest import DATA, REPO
 
 # Eval items: 20+ words each, so each contributes 13-grams to the index.
@@ -93,7 +92,7 @@ def check_adds_up(report: dict) -> None:
 
 
 def test_report_adds_up_and_names_each_drop(tiny_model_dir, tokenizer, corpus):
-    stores, report, hit = prepare.prepare_cpt(cpt_config(tiny_model_dir, corpus), tokenizer)
+    stores, report, hit = cpt.prepare_cpt(cpt_config(tiny_model_dir, corpus), tokenizer)
     assert not hit
     check_adds_up(report)
     notes, general = report["sources"]
@@ -110,7 +109,7 @@ def test_report_adds_up_and_names_each_drop(tiny_model_dir, tokenizer, corpus):
 
 def test_cache_hit_skips_curation(tiny_model_dir, tokenizer, corpus, monkeypatch):
     config = cpt_config(tiny_model_dir, corpus)
-    stores, report, hit = prepare.prepare_cpt(config, tokenizer)
+    stores, report, hit = cpt.prepare_cpt(config, tokenizer)
     assert not hit
     manifest = json.loads((Path(report["cache"]["dir"]) / report["cache"]["key"] / "manifest.json").read_text())
     assert manifest["report"] == report and manifest["parts"]["tokenizer"]
@@ -118,48 +117,48 @@ def test_cache_hit_skips_curation(tiny_model_dir, tokenizer, corpus, monkeypatch
     def refuse(*args, **kwargs):
         raise AssertionError("curation or reading ran on a cache hit")
 
-    monkeypatch.setattr(prepare, "curate", refuse)
-    monkeypatch.setattr(prepare, "read_documents", refuse)
-    again, report2, hit2 = prepare.prepare_cpt(config, tokenizer)
+    monkeypatch.setattr(cpt, "curate", refuse)
+    monkeypatch.setattr(cpt, "read_documents", refuse)
+    again, report2, hit2 = cpt.prepare_cpt(config, tokenizer)
     assert hit2 and report2 == report
     for a, b in zip(stores, again):
         assert (a.tokens == b.tokens).all() and (a.offsets == b.offsets).all()
     # Mixing settings act after the cache: a new weight still hits.
-    _, _, hit3 = prepare.prepare_cpt(cpt_config(tiny_model_dir, corpus, **{"data.mixing": "temperature"}),
+    _, _, hit3 = cpt.prepare_cpt(cpt_config(tiny_model_dir, corpus, **{"data.mixing": "temperature"}),
                                      tokenizer)
     assert hit3
 
 
 def test_tokenizer_or_template_change_misses(tiny_model_dir, tokenizer, corpus, tmp_path):
     config = cpt_config(tiny_model_dir, corpus)
-    assert not prepare.prepare_cpt(config, tokenizer)[2]
+    assert not cpt.prepare_cpt(config, tokenizer)[2]
     same = tmp_path / "same"
     shutil.copytree(tiny_model_dir, same)
-    assert prepare.prepare_cpt(config, load_tokenizer(str(same)))[2]  # a copy of the same files: hit
+    assert cpt.prepare_cpt(config, load_tokenizer(str(same)))[2]  # a copy of the same files: hit
     edited = tmp_path / "edited"
     shutil.copytree(tiny_model_dir, edited)
     template = edited / "chat_template.jinja"
     template.write_text(template.read_text().replace("<|im_start|>system", "<|im_start|>system\n", 1))
     changed = load_tokenizer(str(edited))
     assert changed.chat_template != tokenizer.chat_template
-    assert not prepare.prepare_cpt(config, changed)[2]
+    assert not cpt.prepare_cpt(config, changed)[2]
     extended = load_tokenizer(str(same))
     extended.add_tokens(["<redone_test_token>"])
-    assert not prepare.prepare_cpt(config, extended)[2]
+    assert not cpt.prepare_cpt(config, extended)[2]
 
 
 def test_data_or_quality_change_misses(tiny_model_dir, tokenizer, corpus):
     config = cpt_config(tiny_model_dir, corpus)
-    assert not prepare.prepare_cpt(config, tokenizer)[2]
+    assert not cpt.prepare_cpt(config, tokenizer)[2]
     with open(corpus["dir"] / "general.txt", "a") as handle:
         handle.write("\n" + paragraphs(1, offset=80)[0] + "\n")
-    _, report, hit = prepare.prepare_cpt(config, tokenizer)
+    _, report, hit = cpt.prepare_cpt(config, tokenizer)
     assert not hit and report["sources"][1]["documents_in"] == corpus["general"] + 1
     (corpus["dir"] / "mybench.jsonl").write_text(json.dumps({"text": OTHER_ITEM}) + "\n")  # eval set edit
-    _, report, hit = prepare.prepare_cpt(config, tokenizer)
+    _, report, hit = cpt.prepare_cpt(config, tokenizer)
     assert not hit and "decontam:mybench" not in report["sources"][0]["dropped"]
     off = cpt_config(tiny_model_dir, corpus, **{"data.quality.enabled": "false"})
-    _, report, hit = prepare.prepare_cpt(off, tokenizer)
+    _, report, hit = cpt.prepare_cpt(off, tokenizer)
     assert not hit and all(s["dropped"] == {} for s in report["sources"])
     check_adds_up(report)
 
@@ -174,12 +173,12 @@ def test_default_eval_sets_and_missing_eval_set(tiny_model_dir, tokenizer, corpu
     config = load_config("cpt", None, [f"output_dir={root / 'out'}", f"model.name_or_path={tiny_model_dir}",
                                        f"data.cache_dir={root / 'cache'}", f"data.sources={sources}"])
     assert config.data.quality.decontam.eval_sets == ["data/sns_bench/test", "data/sns_transbench/test.json"]
-    _, report, _ = prepare.prepare_cpt(config, tokenizer)
+    _, report, _ = cpt.prepare_cpt(config, tokenizer)
     assert report["sources"][0]["dropped"] == {"decontam:sns_bench/Note-QueryGen": 1}
     monkeypatch.chdir(root)
     with pytest.raises(ConfigError, match=r"^data\.quality\.decontam\.eval_sets\[0\]: data/sns_bench/test "
                                           r"does not exist"):
-        prepare.prepare_cpt(config, tokenizer)
+        cpt.prepare_cpt(config, tokenizer)
 
 
 def test_bad_quality_values_fail_at_load(tiny_model_dir, corpus):
@@ -189,46 +188,32 @@ def test_bad_quality_values_fail_at_load(tiny_model_dir, corpus):
         cpt_config(tiny_model_dir, corpus, **{"data.quality.filters.enabled": "[tooshort]"})
 
 
-@pytest.mark.parametrize(("section", "mirror"), [
-    (schema.QualityFilters, quality.FilterConfig),
-    (schema.QualityDedup, quality.DedupConfig),
-    (schema.QualityDecontam, quality.DecontamConfig),
-])
-def test_schema_mirrors_quality_dataclasses(section, mirror):
-    ours = {f.name: f.default for f in dataclasses.fields(section)}
-    theirs = {f.name: f.default for f in dataclasses.fields(mirror)}
-    assert ours.keys() == theirs.keys()
-    assert {k: v for k, v in ours.items() if k != "eval_sets"} == {k: v for k, v in theirs.items()
-                                                                   if k != "eval_sets"}
-
-
 def test_prepare_stage_sft_reports_components(tiny_model_dir, tmp_path):
     sources = (f"[{{path: {DATA}/sns_bench/train, tasks: [Note-Taxonomy-single, Note-QueryGen], limit: 12}}, "
                f"{{name: hh, path: {DATA}/preference/hh_rlhf_harmless_train.jsonl, format: hh_rlhf, limit: 10}}]")
     config = load_config("sft", None, [f"output_dir={tmp_path / 'out'}", f"model.name_or_path={tiny_model_dir}",
                                        f"data.cache_dir={tmp_path / 'cache'}", f"data.sources={sources}",
                                        "data.seq_len=256", "train.max_steps=3", "train.micro_batch_size=2"])
-    report = prepare.prepare_stage("sft", config)
+    report = prepare_data("sft", config)
     names = [c["name"] for c in report["components"]]
     assert names == ["Note-QueryGen", "Note-Taxonomy-single", "hh"]
     assert sum(c["planned_share"] for c in report["components"]) == pytest.approx(1.0)
     assert sum(c["realised_share"] for c in report["components"]) == pytest.approx(1.0)
     assert report["mixture"]["rows_packed"] == 6 and not report["cache_hit"]
-    text = prepare.format_stage_report(report)
+    text = format_stage_report(report)
     assert "examples" in text and "truncated" in text and "Note-QueryGen" in text
 
 
-@pytest.mark.skipif(importlib.util.find_spec("redone.train.dpo") is None, reason="no dpo stage yet")
 def test_prepare_stage_dpo_reports_pair_shares(tiny_model_dir, tmp_path):
     sources = (f"[{{path: {DATA}/sns_bench/train, tasks: [Note-Taxonomy-single], limit: 10}}, "
                f"{{name: hh, path: {DATA}/preference/hh_rlhf_harmless_train.jsonl, format: hh_rlhf, limit: 10}}]")
     config = load_config("dpo", None, [f"output_dir={tmp_path / 'out'}", f"model.name_or_path={tiny_model_dir}",
                                        f"data.cache_dir={tmp_path / 'cache'}", f"data.sources={sources}",
                                        "data.seq_len=512", "train.max_steps=5", "train.micro_batch_size=2"])
-    report = prepare.prepare_stage("dpo", config)
+    report = prepare_data("dpo", config)
     assert [c["name"] for c in report["components"]] == ["Note-Taxonomy-single", "hh"]
     assert [c["realised_share"] for c in report["components"]] == [0.5, 0.5]  # 10 pairs, drawn 5:5
-    assert "pairs" in prepare.format_stage_report(report)
+    assert "pairs" in format_stage_report(report)
 
 
 def run_cli(*args):

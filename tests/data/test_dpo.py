@@ -8,7 +8,7 @@ import random
 import pytest
 
 from redone.data import records
-from redone.data.preference import (
+from redone.data.dpo import (
     BadPair,
     Pair,
     encode_pair,

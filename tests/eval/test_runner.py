@@ -8,12 +8,15 @@ from collections import Counter
 import pytest
 
 from redone.cli import main
+from redone.config.schema import EvalConfig
+from redone.config.validate import check_eval
 from redone.errors import RedoneError
 from redone.eval import runner
 from redone.eval.baseline import skill_free_predictions
 from redone.eval.report_table import compare_markdown
-from redone.eval.runner import EvalOptions, evaluate, load_result
+from redone.eval.runner import eval_config, evaluate, load_result, resolved_benches
 from redone.sns.scoring import SNS_FILES, TASKS, aggregate, score_file
+from redone.sns.tasks import get_task
 from tests.conftest import DATA
 
 FAST = ["--max-new-tokens-cap", "8", "--ppl-max-tokens", "48", "--ppl-context", "256", "--no-progress"]
@@ -49,7 +52,7 @@ def test_end_to_end_numbers_land_in_json_and_table(tiny_result):
     sns = result["sns_bench"]
     assert list(sns["files"]) == SNS_FILES and all(r["n"] == 2 for r in sns["files"].values())
     assert set(sns["tasks"]) == set(TASKS) and isinstance(sns["average"], float)
-    assert sns["other_mode"]["mode"] == "bug_compatible"
+    assert sns["other_mode"]["mode"] == "official"
     assert sns["generation"]["generated"] == 24 and sns["generation"]["items_per_s"] > 0
     assert all("metrics" in r and "hit_budget" in r for r in sns["files"].values())
 
@@ -176,29 +179,33 @@ def test_spread_subset_is_evenly_spaced_through_each_file_and_direction():
         want = [positions[k * len(positions) // 4] for k in range(4)]
         assert [it.index for it in items if it.file == direction] == want
         assert [it.item for it in items if it.file == direction] == [everything[i] for i in want]
-    with pytest.raises(RedoneError, match="eval.subset must be one of first, spread"):
-        EvalOptions.from_mapping({"subset": "random"}).validate()
+    with pytest.raises(RedoneError, match=r"eval.subset: unknown value 'random' \(choose from first, spread\)"):
+        check_eval(eval_config({"subset": "random"}))
 
 
 def test_budgets_are_capped():
     assert runner.budget("Note-MRC-simple", 256) == 256
-    assert runner.budget("Note-MRC-simple", None) == 768
+    assert runner.budget("Note-MRC-simple", None) == get_task("Note-MRC-simple").max_new_tokens > 256
     assert runner.budget("Note-Gender", 256) == 4
 
 
 def test_options_from_an_eval_config_section():
-    options = EvalOptions.from_mapping({"benches": ["sns-bench"], "limit": 5, "prompt_style": "official"})
-    assert options.benches == ("sns-bench",) and options.limit == 5
-    with pytest.raises(RedoneError, match="eval.limt: unknown eval option; did you mean 'limit'"):
-        EvalOptions.from_mapping({"limt": 5})
-    with pytest.raises(RedoneError, match="unknown bench 'sns-bnch'; did you mean 'sns-bench'"):
-        EvalOptions(benches=("sns-bnch",)).validate()
-    with pytest.raises(RedoneError, match="prompt_style"):
-        EvalOptions(prompt_style="offical").validate()
-    with pytest.raises(RedoneError, match="skill-free baseline has no general-ppl"):
-        EvalOptions(benches=("general-ppl",), skill_free=True).validate()
-    assert EvalOptions(skill_free=True).resolved_benches() == ("sns-bench", "sns-transbench")
-    with pytest.raises(RedoneError, match="did you mean 'prompt_style'"):
+    options = eval_config({"benches": ["sns-bench"], "limit": 5, "prompt_style": "official"})
+    assert options.benches == ["sns-bench"] and options.limit == 5
+    with pytest.raises(RedoneError, match="eval.limt: unknown config key; did you mean 'eval.limit'"):
+        eval_config({"limt": 5})
+    with pytest.raises(RedoneError, match="eval.limit: Value 'five' of type 'str' could not be converted"):
+        eval_config({"limit": "five"})
+    with pytest.raises(RedoneError, match="eval.benches: unknown value 'sns-bnch'; did you mean 'sns-bench'"):
+        check_eval(EvalConfig(benches=["sns-bnch"]))
+    with pytest.raises(RedoneError, match="eval.prompt_style: unknown value 'offical'; did you mean 'official'"):
+        check_eval(EvalConfig(prompt_style="offical"))
+    with pytest.raises(RedoneError, match="eval.scoring_mode: unknown value 'bug_compatible'"):
+        check_eval(EvalConfig(scoring_mode="bug_compatible"))
+    with pytest.raises(RedoneError, match="has general-ppl: the skill-free baseline is no model"):
+        check_eval(EvalConfig(benches=["general-ppl"], skill_free=True))
+    assert resolved_benches(EvalConfig(skill_free=True)) == ("sns-bench", "sns-transbench")
+    with pytest.raises(RedoneError, match="did you mean 'eval.prompt_style'"):
         evaluate("m", ["sns-bench"], prompt_styl="redone")
     assert runner.default_label("runs/demo/sft/final") == "sft" and runner.default_label("/m/base") == "base"
 
@@ -217,14 +224,14 @@ def test_config_file_section_with_flags_overriding(tmp_path):
     args = build_parser().parse_args(["eval", "--config", str(REPO / "configs/eval/demo.yaml"), "--limit", "3",
                                       "--no-progress", "--max-new-tokens-cap", "0"])
     options = options_from_args(args)
-    assert options.limit == 3 and options.benches == ("sns-bench", "sns-transbench", "general-ppl")
+    assert options.limit == 3 and options.benches == ["sns-bench", "sns-transbench", "general-ppl"]
     assert options.progress is False and options.max_new_tokens_cap is None and options.batch_size == 8
-    options.validate()
+    check_eval(options)
     plain = options_from_args(build_parser().parse_args(["eval", "--model", "m"]))
-    assert plain == EvalOptions()  # no flags, no config: the dataclass defaults
+    assert plain == EvalConfig()  # no flags, no config: the dataclass defaults
     bad = tmp_path / "bad.yaml"
     bad.write_text("eval:\n  limt: 3\n")
-    with pytest.raises(RedoneError, match="did you mean 'limit'"):
+    with pytest.raises(RedoneError, match="did you mean 'eval.limit'"):
         options_from_args(build_parser().parse_args(["eval", "--config", str(bad)]))
 
 

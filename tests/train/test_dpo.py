@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from redone.cli import main as cli_main
-from redone.data.preference import pair_from_record
+from redone.data.dpo import pair_from_record
 from redone.model import load_model, load_tokenizer, make_tiny_model, training_attention
 from redone.stages import load_config
 from redone.train import ref_cache
@@ -105,7 +105,7 @@ def test_first_batch_matches_trl(tiny_model_dir, ref_model_dir, pair_file, trl_t
     for i in range(N_PAIRS):
         row = trl_trainer.train_dataset[i]
         expected = row["prompt_ids"] + row["chosen_ids"] + row["prompt_ids"] + row["rejected_ids"]
-        assert stage.train_stores[0].item(i)[0].tolist() == expected
+        assert stage.data.stores[0].item(i)[0].tolist() == expected
     policy = load_model(str(tiny_model_dir))
     stage.prepare_model(policy)
     assert stage.shared_prompt == (packing == "true")  # packed under sdpa: one prompt copy per pair
@@ -154,7 +154,7 @@ def test_packed_and_shared_prompt_logps_equal_unpacked(tiny_model_dir, pair_file
             assert batch["input_ids"].shape[1] == max(s[2] for s in batch["segments"])
         if shared:  # one prompt per pair: fewer tokens in the forward than the two sequences hold
             assert int((batch["attention_mask"].diagonal(dim1=-2, dim2=-1)).sum()) < sum(batch["pair_tokens"])
-        assert sum(batch["pair_tokens"]) == sum(int(stage.train_stores[s].lengths()[i]) for s, i in picks)
+        assert sum(batch["pair_tokens"]) == sum(int(stage.data.stores[s].lengths()[i]) for s, i in picks)
     assert len(results["padded", False]) == 2 * len(picks)
     for key, (value, count) in results["padded", False].items():
         for variant in (("rows", False), ("flat", False), ("rows", True)):

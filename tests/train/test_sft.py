@@ -84,4 +84,4 @@ def test_overlong_drop_is_counted(tiny_model_dir, tokenizer, tmp_path):
     info = stage.source_info[0]
     assert info["dropped_overlong"] > 0 and info["truncated"] == 0
     assert info["examples"] == 50 - info["dropped_overlong"]
-    assert int(stage.packer.stores[0].lengths().max()) <= 160
+    assert int(stage.data.stores[0].lengths().max()) <= 160
