@@ -5,6 +5,9 @@
     redone data prepare --stage cpt|sft|dpo --config FILE [--report FILE] [key=value ...]
     redone model prepare [--name smollm2-135m-instruct] | redone model tiny --out DIR
     redone model merge-lora --adapter DIR --out DIR [--base MODEL]
+    redone model push DIR --repo ID [--private] [--dry-run]
+    redone export gguf --model DIR --out model.gguf [--dtype f16|bf16|f32] [--force]
+    redone serve --model DIR [--host 127.0.0.1] [--port 8000]
     redone eval --model DIR_OR_ID [--bench ...] [--limit N] [--out FILE] | redone eval compare A.json B.json
 
 User errors (RedoneError) print one line to stderr and exit 1; usage errors exit 2; an OSError that
@@ -149,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--trust-remote-code", action="store_true")
     merge.set_defaults(func=cmd_merge_lora)
 
+    from redone.export import add_export_parser
+    from redone.hub import add_model_parsers
+    from redone.serve import add_serve_parser
+
+    add_model_parsers(model_sub)  # redone model push DIR --repo ID [--private] [--dry-run]
+    add_export_parser(sub)  # redone export gguf --model DIR --out F [--dtype f16|bf16|f32] [--force]
+    add_serve_parser(sub)  # redone serve --model DIR [--host] [--port] [--dtype] [--device]
     from redone.eval.cli_eval import add_eval_parser
 
     add_eval_parser(sub, cmd_eval)  # `redone eval ...` and `redone eval compare|table ...`

@@ -79,7 +79,12 @@ def test_pipeline_chains_skips_and_reruns(pipeline_file, tmp_path):
     for key in ("stage", "parent_model", "fingerprint", "data_sources", "tokens_seen", "config", "redone_version"):
         assert key in lineage(root, "dpo")
     card = (root / "dpo" / "final" / "README.md").read_text()
-    assert "base_model:" in card and "SNS-Bench (Guo et al.)" in card and "CC BY-NC-SA 4.0" in card
+    # The tiny base is a local dir with no Hub id: the card says so instead of inventing a base_model.
+    assert "license: cc-by-nc-sa-4.0" in card and "Base model: the local model dir" in card
+    assert "SNS-Bench (Guo et al.)" in card and "CC BY-NC-SA 4.0" in card
+    from redone.hub import validate_card
+
+    validate_card(root / "dpo" / "final" / "README.md")
     assert "## Evaluation" in card
     report = (root / "report.md").read_text()
     assert "skill-free" in report and "SNS-Bench average" in report
