@@ -57,7 +57,7 @@ def cmd_pipeline(args) -> int:
     if args.dry_run:
         dry_run(args.config, args.overrides)
         return 0
-    run_pipeline(args.config, args.overrides, start=args.start, only=args.only)
+    run_pipeline(args.config, args.overrides, start=args.start, only=args.only, ablations=args.ablations)
     return 0
 
 
@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--from", dest="start", default=None, help="start at this stage (earlier ones must be done)")
     pipeline.add_argument("--only", default=None, help="run just this stage (no eval)")
     pipeline.add_argument("--dry-run", action="store_true", help="print every stage's resolved config and stop")
+    pipeline.add_argument("--ablations", action="store_true",
+                          help="also train and evaluate the ablation rows (SFT only, CPT->SFT, SFT->DPO, ...; "
+                               "see the ablations: section), with bootstrap intervals")
     pipeline.add_argument("overrides", nargs="*", help="key=value overrides, e.g. sft.optim.lr=1e-4")
     pipeline.set_defaults(func=cmd_pipeline)
 

@@ -81,7 +81,8 @@ def check_eval_section(top: PipelineConfig, path) -> None:
         raise ConfigError(f"{err} ({path})") from None
 
 
-def stage_raw(plain: dict, top: PipelineConfig, stage: str, parent_model: str | None) -> tuple[dict, list[str]]:
+def stage_raw(plain: dict, top: PipelineConfig, stage: str, parent_model: str | None,
+              output_dir: Path | None = None) -> tuple[dict, list[str]]:
     """The stage's raw config (shared settings + its section) and the inherited/override lines."""
     section = dict(plain.get(stage) or {})
     shared = {key: plain.get(key) for key in SHARED_KEYS if plain.get(key) is not None}
@@ -94,7 +95,7 @@ def stage_raw(plain: dict, top: PipelineConfig, stage: str, parent_model: str | 
         mine = flatten(section).get(key, value)
         notes.append(f"{'override' if mine != value else 'inherited'} {key}={mine}")
     merged = OmegaConf.merge(OmegaConf.create(shared), OmegaConf.create(section))
-    merged.output_dir = str(Path(top.output_root) / stage)
+    merged.output_dir = str(output_dir or Path(top.output_root) / stage)
     return OmegaConf.to_container(merged), notes
 
 
@@ -152,24 +153,63 @@ def dry_run(path: str | Path | None, overrides=(), log=print) -> list:
 
 
 def run_pipeline(path: str | Path | None, overrides=(), start: str | None = None, only: str | None = None,
-                 log=print) -> dict:
-    from redone.model import fingerprint_model_dir, resolve_model
-
+                 ablations: bool = False, log=print) -> dict:
     plain, top = load_pipeline(path, overrides)
+    if ablations:
+        top.ablations.enabled = True
+    rows = ablation_rows(top) if top.ablations.enabled else []
     root = Path(top.output_root)
     root.mkdir(parents=True, exist_ok=True)
     chosen = selected_stages(top, start, only)
     record = {"stages": {}, "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    parent = None  # the first stage starts from the pipeline's model
-    parent_fp = None
-    finals: dict[str, str] = {}
-    for stage in top.stages:
-        raw, notes = stage_raw(plain, top, stage, parent)
+    finals = run_chain(plain, top, top.stages, chosen, record["stages"], record, path, log)
+    if finals is None:  # stopped early at train.stop_after_steps
+        (root / "state.json").write_text(json.dumps(record, indent=1, default=str))
+        return record
+    if rows and not only:
+        record["ablations"] = {}
+        for row in rows:
+            chain = row.split("-")
+            if chain == top.stages[:len(chain)]:
+                continue  # a prefix of the main chain: already trained above
+            log(f"[pipeline] ablation {row}")
+            stages: dict = {}
+            if run_chain(plain, top, chain, chain, stages, record, path, log) is None:
+                (root / "state.json").write_text(json.dumps(record, indent=1, default=str))
+                return record
+            record["ablations"][row] = stages
+    (root / "state.json").write_text(json.dumps(record, indent=1, default=str))
+    if top.eval.enabled and not only:
+        record["eval"] = evaluate_stages(top, finals, record, log=log)
+        if rows:
+            record["eval"]["ablations"] = evaluate_ablations(top, rows, record, log=log)
+        (root / "state.json").write_text(json.dumps(record, indent=1, default=str))
+    return record
+
+
+def chain_dir(top: PipelineConfig, prefix: list[str]) -> Path:
+    """Output dir of the last stage of a chain prefix: the main chain's stages live in
+    ``<output_root>/<stage>``, other chains' in ``<output_root>/ablations/<stage>-<stage>...``."""
+    root = Path(top.output_root)
+    if prefix == top.stages[:len(prefix)]:
+        return root / prefix[-1]
+    return root / "ablations" / "-".join(prefix)
+
+
+def run_chain(plain: dict, top: PipelineConfig, chain: list[str], chosen: list[str], stages: dict,
+              record: dict, path, log) -> dict[str, str] | None:
+    """Run (or skip, or resume) each stage of ``chain`` from the pipeline's model, each starting from
+    the previous one's final/; returns {stage: final dir}, or None when a stage stopped early."""
+    from redone.model import fingerprint_model_dir, resolve_model
+
+    parent, parent_fp, finals = None, None, {}
+    for i, stage in enumerate(chain):
+        raw, notes = stage_raw(plain, top, stage, parent, chain_dir(top, chain[:i + 1]))
         config = build_config(stage, OmegaConf.create(raw), origin=f"{path} [{stage}]")
         if parent_fp is None:
             base_dir = resolve_model(config.model.name_or_path)
             parent_fp = fingerprint_model_dir(base_dir) if Path(base_dir).exists() else None
-            record["base_fingerprint"] = parent_fp
+            record.setdefault("base_fingerprint", parent_fp)
         status = stage_status(config, parent_fp)
         if stage not in chosen:
             if status != "done":
@@ -177,9 +217,9 @@ def run_pipeline(path: str | Path | None, overrides=(), start: str | None = None
                                   f"to feed the next stage; run it first")
             log(f"[pipeline] {stage}: not selected, using its existing final/")
         elif status == "done":
-            log(f"[pipeline] {stage}: up to date, skipped")
+            log(f"[pipeline] {stage}: up to date, skipped ({config.output_dir})")
         else:
-            log(f"[pipeline] {stage}: {status}")
+            log(f"[pipeline] {stage}: {status} ({config.output_dir})")
             for note in notes:
                 log(f"[pipeline]   {note}")
             if status == "restart":
@@ -187,27 +227,42 @@ def run_pipeline(path: str | Path | None, overrides=(), start: str | None = None
                 shutil.rmtree(config.output_dir)
             t0 = time.perf_counter()
             final = run_stage(config)
-            record["stages"][stage] = {"status": status, "seconds": round(time.perf_counter() - t0, 1)}
+            stages[stage] = {"status": status, "seconds": round(time.perf_counter() - t0, 1)}
             if final is None:  # train.stop_after_steps: the next stages need this one's final/
                 log(f"[pipeline] {stage}: stopped early at train.stop_after_steps; rerun to resume it")
-                record["stages"][stage]["status"] = "stopped"
-                (root / "state.json").write_text(json.dumps(record, indent=1, default=str))
-                return record
+                stages[stage]["status"] = "stopped"
+                return None
             if top.prune_checkpoints:
                 shutil.rmtree(ckpt.checkpoints_dir(config.output_dir), ignore_errors=True)
                 log(f"[pipeline] {stage}: removed its step checkpoints (prune_checkpoints)")
-        record["stages"].setdefault(stage, {"status": "skipped"})
+        stages.setdefault(stage, {"status": "skipped"})
         final = Path(config.output_dir) / "final"
         lineage = json.loads((final / "redone.json").read_text())
-        record["stages"][stage].update({"final": str(final), "fingerprint": lineage["fingerprint"],
-                                        "config": config_to_dict(config)})
+        stages[stage].update({"final": str(final), "fingerprint": lineage["fingerprint"],
+                              "config": config_to_dict(config)})
         finals[stage] = str(final)
         parent, parent_fp = str(final), lineage["fingerprint"]
-    (root / "state.json").write_text(json.dumps(record, indent=1, default=str))
-    if top.eval.enabled and not only:
-        record["eval"] = evaluate_stages(top, finals, record, log=log)
-        (root / "state.json").write_text(json.dumps(record, indent=1, default=str))
-    return record
+    return finals
+
+
+def ablation_rows(top: PipelineConfig) -> list[str]:
+    """The ablation rows: the configured ones (checked), or every ordered subset of the stages with sft."""
+    if top.ablations.rows:
+        rows = list(top.ablations.rows)
+    else:
+        n = len(top.stages)
+        subsets = [[s for j, s in enumerate(top.stages) if mask >> j & 1] for mask in range(1, 2 ** n)]
+        rows = ["-".join(c) for c in sorted(subsets, key=lambda c: (len(c), [top.stages.index(s) for s in c]))
+                if "sft" in c or "sft" not in top.stages]
+    for i, row in enumerate(rows):
+        chain = row.split("-")
+        order = [top.stages.index(s) if s in top.stages else -1 for s in chain]
+        if -1 in order or order != sorted(set(order)):
+            raise ConfigError(f"ablations.rows[{i}]: '{row}' is not a chain of this pipeline's stages "
+                              f"{top.stages} in their order (e.g. 'sft-dpo')")
+    if top.ablations.reference not in rows:
+        raise ConfigError(f"ablations.reference: '{top.ablations.reference}' is not one of the rows {rows}")
+    return rows
 
 
 # ---------------------------------------------------------------- evaluation of every stage
@@ -273,3 +328,73 @@ def cached_eval(label: str, model: str | None, out: Path, options: EvalConfig, f
     stamp.write_text(json.dumps(wanted))
     log(f"[pipeline] eval {label}: {time.perf_counter() - t0:.0f} s")
     return result
+
+
+# ---------------------------------------------------------------- ablations: one row per recipe
+
+
+def row_column(top: PipelineConfig, row: str, record: dict) -> tuple[str, dict]:
+    """(eval label, stage record) of an ablation row's last stage; main-chain rows reuse the stage column."""
+    chain = row.split("-")
+    if chain == top.stages[:len(chain)]:
+        return chain[-1], record["stages"][chain[-1]]
+    return f"ablation-{row}", record["ablations"][row][chain[-1]]
+
+
+def evaluate_ablations(top: PipelineConfig, rows: list[str], record: dict, log=print) -> dict:
+    """Every row evaluated on the same items with the same EvalConfig (cached by weights fingerprint),
+    SNS-Bench deltas against the reference row with paired-bootstrap 95% intervals, the table and plot."""
+    from redone.report import append_ablations
+
+    root = Path(top.output_root)
+    options = run_config(top.eval, skill_free=False)
+    results = {}
+    for row in rows:
+        label, info = row_column(top, row, record)
+        results[row] = cached_eval(label, info["final"], root / "eval" / f"{label}.json", options,
+                                   info["fingerprint"], log)
+    deltas = {}
+    if top.ablations.bootstrap and all(r.get("sns_bench") for r in results.values()):
+        deltas = bootstrap_deltas(top, rows, results, log)
+    table = append_ablations(root, rows, results, deltas, top.ablations.reference)
+    log("\n" + table)
+    return {"rows": rows, "deltas": deltas, "table": table}
+
+
+def bootstrap_deltas(top: PipelineConfig, rows: list[str], results: dict[str, dict], log) -> dict:
+    """{row: paired bootstrap of its SNS-Bench average minus the reference row's}."""
+    from redone.eval.bootstrap import paired_bootstrap
+    from redone.eval.runner import querygen_embedder, resolve_data_dir, sns_bench_items
+
+    options = top.eval
+    by_file = sns_bench_items(resolve_data_dir(options.data_dir), options.split, options.files, options.limit,
+                              options.subset)
+    items = {file: [it.item for it in its] for file, its in by_file.items()}
+    embedder, _ = querygen_embedder(options, list(by_file))
+    predictions = {row: stored_predictions(results[row], by_file) for row in rows}
+    reference = top.ablations.reference
+    deltas = {}
+    for row in rows:
+        if row == reference:
+            continue
+        t0 = time.perf_counter()
+        deltas[row] = paired_bootstrap(predictions[reference], predictions[row], items,
+                                       resamples=top.ablations.bootstrap, seed=top.seed,
+                                       mode=options.scoring_mode, embedder=embedder)
+        log(f"[pipeline] bootstrap {row} vs {reference}: {deltas[row]['delta']:+.2f} "
+            f"[{deltas[row]['low']:+.2f}, {deltas[row]['high']:+.2f}] ({time.perf_counter() - t0:.0f} s)")
+    return deltas
+
+
+def stored_predictions(result: dict, by_file: dict) -> dict[str, list[str]]:
+    """The SNS-Bench predictions an eval result stored, in the order of ``by_file``'s items."""
+    path = Path(result["header"]["predictions_file"])
+    stored = {}
+    for line in path.read_text(encoding="utf-8").splitlines()[1:]:
+        if line.strip():
+            record = json.loads(line)
+            stored[record["key"]] = record["prediction"]
+    try:
+        return {file: [stored[it.key] for it in its] for file, its in by_file.items()}
+    except KeyError as missing:
+        raise ConfigError(f"ablations: {path} has no prediction for {missing}; delete it to re-evaluate") from None

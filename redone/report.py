@@ -138,3 +138,81 @@ def plot_eval_bars(root: Path, results: list[dict], labels: list[str]) -> list[P
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return [path]
+
+
+# ---------------------------------------------------------------- ablations
+
+
+def ablation_name(row: str) -> str:
+    """'cpt-sft-dpo' -> 'CPT→SFT→DPO'; a lone stage reads '<STAGE> only'."""
+    chain = [s.upper() for s in row.split("-")]
+    return f"{chain[0]} only" if len(chain) == 1 else "→".join(chain)
+
+
+def ablation_markdown(rows: list[str], results: dict[str, dict], deltas: dict[str, dict], reference: str) -> str:
+    """One row per recipe: SNS-Bench average, its paired-bootstrap delta against the reference row, the
+    8 tasks, TransBench and the general perplexities."""
+    from redone.eval.report_table import headline_rows
+
+    def cell(value) -> str:
+        return "–" if value is None else f"{value:.2f}"
+
+    head = ["recipe", "SNS-Bench avg", f"Δ vs {ablation_name(reference)} [95% CI]", *TASKS, "TransBench avg",
+            "PPL Shakespeare ↓", "PPL HH ↓"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        values = {name: value for name, value, _ in headline_rows(results[row])}
+        if row == reference:
+            delta = "(reference)"
+        elif row in deltas:
+            d = deltas[row]
+            delta = f"{d['delta']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+        else:
+            delta = "–"
+        cells = [ablation_name(row), cell(values.get("SNS-Bench average")), delta,
+                 *[cell(values.get(f"SNS {t}")) for t in TASKS], cell(values.get("SNS-TransBench average")),
+                 cell(values.get("PPL Shakespeare tail ↓")), cell(values.get("PPL HH-RLHF chosen ↓"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    some = next(iter(deltas.values()), None)
+    if some:
+        lines += ["", f"Δ: paired bootstrap over the {some['items']} SNS-Bench items ({some['resamples']} resamples, "
+                      "the same items resampled for both rows, each file scored by its own metric); an interval "
+                      "that contains 0 is no evidence of a difference."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_ablation_bars(root: Path, rows: list[str], results: dict[str, dict], deltas: dict[str, dict],
+                       reference: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    averages = [(results[r].get("sns_bench") or {}).get("average") or 0.0 for r in rows]
+    ref_value = averages[rows.index(reference)]
+    errors = [[0.0, 0.0] if r not in deltas else [deltas[r]["delta"] - deltas[r]["low"],
+                                                   deltas[r]["high"] - deltas[r]["delta"]] for r in rows]
+    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(rows)), 3.6))
+    ax.bar(range(len(rows)), averages, yerr=list(zip(*errors)), capsize=4, color="#4c72b0")
+    ax.axhline(ref_value, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xticks(range(len(rows)), [ablation_name(r) for r in rows], rotation=15)
+    ax.set_ylabel("SNS-Bench average")
+    ax.set_title(f"Ablations (error bars: 95% CI of the delta vs {ablation_name(reference)})")
+    fig.tight_layout()
+    path = root / "ablations.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def append_ablations(root: Path, rows: list[str], results: dict[str, dict], deltas: dict[str, dict],
+                     reference: str) -> str:
+    """Add the ablation table and bar plot to report.md; returns the table."""
+    table = ablation_markdown(rows, results, deltas, reference)
+    plot = plot_ablation_bars(root, rows, results, deltas, reference)
+    report = root / "report.md"
+    text = report.read_text() if report.exists() else "# redone pipeline report\n"
+    marker = "\n## Ablations\n"
+    text = text.split(marker)[0].rstrip("\n") + "\n" + marker + "\n" + table + f"\n![ablations]({plot.name})\n"
+    report.write_text(text)
+    return table

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from redone.errors import ConfigError
 from redone.pipeline import run_pipeline
 from tests.conftest import DATA
 
@@ -147,3 +148,34 @@ def test_cluster_and_demo_configs_validate():
     assert full[1].model.name_or_path == "runs/full/cpt/final" and full[1].data.temperature == 3
     assert [s.limit for s in full[1].data.sources] == [None, None, None]
     assert full[1].train.max_steps > 10 * demo[1].train.max_steps
+
+
+def test_ablations_reuse_matching_stages_and_report_intervals(pipeline_file, tmp_path):
+    root = tmp_path / "run"
+    lines = []
+    record = run_pipeline(pipeline_file, ["ablations.bootstrap=200", "eval.models=[base, sft, dpo]"],
+                          ablations=True, log=lines.append)
+    assert statuses(record) == {"cpt": "fresh", "sft": "fresh", "dpo": "fresh"}
+    # Only the rows that are not prefixes of the main chain train, and only their own stages: SFT from
+    # the base model, then DPO from that SFT. CPT (and the main SFT/DPO) are not trained twice.
+    assert {row: {s: i["status"] for s, i in st.items()} for row, st in record["ablations"].items()} == {
+        "sft": {"sft": "fresh"}, "sft-dpo": {"sft": "skipped", "dpo": "fresh"}}
+    ablation = json.loads((root / "ablations" / "sft" / "final" / "redone.json").read_text())
+    assert ablation["start_fingerprint"] == record["base_fingerprint"]
+    sft_dpo = json.loads((root / "ablations" / "sft-dpo" / "final" / "redone.json").read_text())
+    assert sft_dpo["start_fingerprint"] == ablation["fingerprint"]
+    assert sorted(p.name for p in (root / "ablations").iterdir()) == ["sft", "sft-dpo"]
+    report = (root / "report.md").read_text()
+    assert "## Ablations" in report and "| SFT only |" in report and "| CPT→SFT→DPO |" in report
+    assert "paired bootstrap over the 12 SNS-Bench items (200 resamples" in report
+    deltas = record["eval"]["ablations"]["deltas"]
+    assert set(deltas) == {"cpt-sft", "sft-dpo", "cpt-sft-dpo"}
+    assert all(d["low"] <= d["delta"] <= d["high"] for d in deltas.values())
+    assert (root / "ablations.png").exists()
+
+    again = run_pipeline(pipeline_file, ["ablations.bootstrap=200", "eval.models=[base, sft, dpo]"],
+                         ablations=True, log=lambda _: None)
+    assert {row: {s: i["status"] for s, i in st.items()} for row, st in again["ablations"].items()} == {
+        "sft": {"sft": "skipped"}, "sft-dpo": {"sft": "skipped", "dpo": "skipped"}}
+    with pytest.raises(ConfigError, match=r"ablations.rows\[0\]: 'dpo-sft' is not a chain"):
+        run_pipeline(pipeline_file, ["ablations.rows=[dpo-sft]"], ablations=True, log=lambda _: None)

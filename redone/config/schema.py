@@ -307,6 +307,22 @@ class PipelineEvalConfig(EvalConfig):
 
 
 @dataclass
+class AblationConfig:
+    """``ablations:``: extra recipes trained and evaluated beside the main chain (``--ablations`` turns it on).
+
+    A row names a chain of this pipeline's stages in order, joined by "-" ("sft", "cpt-sft", "sft-dpo").
+    Empty ``rows``: every ordered subset of the stages that contains sft (the paper's rows: SFT only,
+    CPT->SFT, SFT->DPO, CPT->SFT->DPO). A stage output whose lineage already matches (same config, same
+    starting weights) is reused, so the main chain's stages are never trained twice.
+    """
+
+    enabled: bool = False
+    rows: list[str] = field(default_factory=list)
+    reference: str = "sft"  # the row every other row's SNS-Bench delta is measured against
+    bootstrap: int = 1000  # paired-bootstrap resamples for the 95% interval of each delta (0: none)
+
+
+@dataclass
 class PipelineConfig:
     """``redone pipeline``: shared settings, one section per stage (any stage key), and ``eval``."""
 
@@ -323,6 +339,7 @@ class PipelineConfig:
     dpo: Any = None
     rl: Any = None
     eval: PipelineEvalConfig = field(default_factory=PipelineEvalConfig)
+    ablations: AblationConfig = field(default_factory=AblationConfig)
 
 
 # ---------------------------------------------------------------- rl (GRPO / DAPO on verifiable rewards)
