@@ -158,7 +158,7 @@ def ablation_markdown(rows: list[str], results: dict[str, dict], deltas: dict[st
         return "–" if value is None else f"{value:.2f}"
 
     head = ["recipe", "SNS-Bench avg", f"Δ vs {ablation_name(reference)} [95% CI]", *TASKS, "TransBench avg",
-            "PPL Shakespeare ↓", "PPL HH ↓"]
+            "PPL SNS ↓", "PPL Shakespeare ↓", "PPL HH ↓"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         values = {name: value for name, value, _ in headline_rows(results[row])}
@@ -171,7 +171,8 @@ def ablation_markdown(rows: list[str], results: dict[str, dict], deltas: dict[st
             delta = "–"
         cells = [ablation_name(row), cell(values.get("SNS-Bench average")), delta,
                  *[cell(values.get(f"SNS {t}")) for t in TASKS], cell(values.get("SNS-TransBench average")),
-                 cell(values.get("PPL Shakespeare tail ↓")), cell(values.get("PPL HH-RLHF chosen ↓"))]
+                 cell(values.get("PPL SNS held-out notes ↓")), cell(values.get("PPL Shakespeare tail ↓")),
+                 cell(values.get("PPL HH-RLHF chosen ↓"))]
         lines.append("| " + " | ".join(cells) + " |")
     some = next(iter(deltas.values()), None)
     if some:

@@ -11,7 +11,15 @@ Features
   on assistant tokens only, with the same mask SFT trains on (``redone.data.chat.encode_chat``); dialogues
   in file order until ``max_tokens`` assistant tokens are scored (the last one cut there), each cut at
   ``context`` tokens. A fixed token budget keeps the number comparable across stages and fast on CPU.
-- ``general_ppl``: both, as the ``general-ppl`` bench of ``redone eval``.
+- ``sns_heldout_documents`` + ``documents_perplexity``: SNS-domain perplexity on note texts no stage
+  trains on: the notes of the SNS-Bench *test* split (all files but CHLW, whose content is mostly the
+  benchmark's instruction template; CPT is decontaminated against it, SFT/DPO/RL read
+  the train split only) that share no 13-gram with any training text the project ships (SNS-Bench train
+  items, SNS-TransBench train pairs): the shipped train split overlaps the test split, so those notes
+  are dropped. Each note is its own sequence (its first token unscored), in file order, until
+  ``max_tokens`` tokens are scored. This is the number a CPT stage must move.
+- ``general_ppl``: all three, as the ``general-ppl`` bench of ``redone eval`` (Shakespeare tail and
+  HH-RLHF replies measure general ability kept; SNS held-out notes measure domain gain).
 - ``run_lm_eval``: lm-evaluation-harness tasks through ``lm_eval.simple_evaluate`` when ``lm_eval`` is
   importable.
 
@@ -23,6 +31,7 @@ non-positive budget, and lm-eval tasks requested without lm-eval installed.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -32,6 +41,7 @@ from redone.errors import RedoneError
 HOLDOUT_FRACTION = 0.1
 SHAKESPEARE = "general/tinyshakespeare.txt"
 HH_TEST = "preference/hh_rlhf_harmless_test.jsonl"
+SNS_TEST, SNS_TRAIN, TRANS_TRAIN = "sns_bench/test", "sns_bench/train", "sns_transbench/train.json"
 
 
 def shakespeare_holdout(path: str | Path, fraction: float = HOLDOUT_FRACTION) -> tuple[str, int]:
@@ -124,6 +134,51 @@ def chat_perplexity(model, tokenizer, dialogues: list[list[dict]], *, max_tokens
                     "raise the context", dialogues=len(sequences), context=context)
 
 
+def documents_perplexity(model, tokenizer, docs: list[str], *, max_tokens: int = 16384, context: int = 1024,
+                         batch_size: int = 4) -> dict:
+    """Perplexity of documents, each its own sequence (cut at ``context`` tokens, first token unscored),
+    in order until ``max_tokens`` tokens are scored."""
+    if max_tokens < 1 or context < 2:
+        raise RedoneError(f"perplexity: max_tokens must be >= 1 and context >= 2, got {max_tokens}, {context}")
+    sequences, budget = [], max_tokens
+    for doc in docs:
+        ids = tokenizer(doc, add_special_tokens=False)["input_ids"][:context][: budget + 1]
+        if len(ids) > 1:
+            sequences.append((ids, [False] + [True] * (len(ids) - 1)))
+            budget -= len(ids) - 1
+        if budget == 0:
+            break
+    nll, count = sequence_nll(model, sequences, batch_size=batch_size)
+    return _summary(nll, count, "no document has 2 tokens", documents=len(sequences), context=context)
+
+
+@functools.cache
+def sns_heldout_documents(data_dir: str | Path) -> tuple[tuple[str, ...], int]:
+    """(SNS-Bench test notes sharing no 13-gram with a shipped training text, how many were dropped)."""
+    from redone.config.schema import QualityDecontam
+    from redone.data.decontam import (
+        build_eval_index,
+        contamination,
+        eval_texts_from_sns_bench,
+        eval_texts_from_transbench,
+    )
+    from redone.data.sources import sns_bench_documents
+
+    data_dir = Path(data_dir)
+    for part in (SNS_TEST, SNS_TRAIN, TRANS_TRAIN):
+        if not (data_dir / part).exists():
+            raise RedoneError(f"perplexity: {data_dir / part} not found")
+    # CHLW's content is mostly the benchmark's instruction template around a short comment: not note text.
+    files = sorted(p.stem for p in (data_dir / SNS_TEST).glob("Note-*.json") if p.stem != "Note-CHLW")
+    notes = sns_bench_documents(data_dir / SNS_TEST, files)
+    train = [t for texts in eval_texts_from_sns_bench(data_dir / SNS_TRAIN).values() for t in texts]
+    train += [t for texts in eval_texts_from_transbench(data_dir / TRANS_TRAIN).values() for t in texts]
+    index = build_eval_index({"train": train}, 13)
+    hits = contamination(notes, index, QualityDecontam(eval_sets=[]))
+    kept = tuple(note for note, hit in zip(notes, hits) if hit is None)
+    return kept, len(notes) - len(kept)
+
+
 def hh_dialogues(path: str | Path) -> list[list[dict]]:
     """The "chosen" dialogues of an HH-RLHF JSONL file as chat messages."""
     from redone.data.records import parse_hh_dialogue
@@ -156,8 +211,13 @@ def general_ppl(model, tokenizer, data_dir: str | Path, *, max_tokens: int = 163
     chat = chat_perplexity(model, tokenizer, hh_dialogues(data_dir / HH_TEST), max_tokens=max_tokens,
                            context=context, batch_size=batch_size)
     chat["source"] = f"{HH_TEST}: 'chosen' dialogues, assistant tokens only, first {max_tokens} of them"
-    return {"shakespeare_tail": text, "hh_rlhf_chosen": chat, "max_tokens": max_tokens, "context": context,
-            "shakespeare_head_paragraphs": head}
+    notes, dropped = sns_heldout_documents(str(data_dir))
+    sns = documents_perplexity(model, tokenizer, list(notes), max_tokens=max_tokens, context=context,
+                               batch_size=batch_size)
+    sns["source"] = (f"{SNS_TEST}: note texts ({len(notes)} kept, {dropped} dropped for sharing a 13-gram with "
+                     f"{SNS_TRAIN} or {TRANS_TRAIN}), first {max_tokens} tokens")
+    return {"shakespeare_tail": text, "hh_rlhf_chosen": chat, "sns_heldout_notes": sns, "max_tokens": max_tokens,
+            "context": context, "shakespeare_head_paragraphs": head}
 
 
 def run_lm_eval(model_path: str, tasks: list[str], *, limit: int | None = None, batch_size: int = 8,

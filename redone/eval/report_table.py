@@ -146,11 +146,12 @@ def transbench_markdown(section: dict) -> str:
 
 def ppl_markdown(section: dict) -> str:
     rows = []
-    for key, name in (("shakespeare_tail", "Shakespeare tail"), ("hh_rlhf_chosen", "HH-RLHF chosen (assistant)")):
+    for key, name in (("shakespeare_tail", "Shakespeare tail"), ("hh_rlhf_chosen", "HH-RLHF chosen (assistant)"),
+                      ("sns_heldout_notes", "SNS held-out notes")):
         if key in section:
             r = section[key]
             rows.append([name, _num(r["ppl"], 3), _num(r["mean_nll"], 4), r["scored_tokens"], r["source"]])
-    return "\n\n".join(["## General perplexity (lower is better)",
+    return "\n\n".join(["## Perplexity: general text and held-out SNS notes (lower is better)",
                         _table(["text", "ppl", "mean NLL", "scored tokens", "what"], rows)])
 
 
@@ -189,6 +190,8 @@ def headline_rows(result: dict) -> list[tuple[str, float | None, bool]]:
     if ppl:
         rows.append(("PPL Shakespeare tail ↓", (ppl.get("shakespeare_tail") or {}).get("ppl"), False))
         rows.append(("PPL HH-RLHF chosen ↓", (ppl.get("hh_rlhf_chosen") or {}).get("ppl"), False))
+        if ppl.get("sns_heldout_notes"):
+            rows.append(("PPL SNS held-out notes ↓", ppl["sns_heldout_notes"].get("ppl"), False))
     return rows
 
 

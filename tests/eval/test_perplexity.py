@@ -103,3 +103,27 @@ def test_lm_eval_hook_says_it_is_not_installed():
         run_lm_eval("model", ["hellaswag"])
     with pytest.raises(RedoneError, match="needs tasks"):
         run_lm_eval("model", [])
+
+
+def test_sns_heldout_notes_are_test_notes_unseen_in_training(tiny_model_dir):
+    from redone.data.decontam import build_eval_index, contamination, eval_texts_from_sns_bench
+    from redone.data.sources import sns_bench_documents
+    from redone.eval.perplexity import documents_perplexity, sns_heldout_documents
+    from redone.model import load_model, load_tokenizer
+    from tests.conftest import DATA
+
+    notes, dropped = sns_heldout_documents(str(DATA))
+    test_notes = sns_bench_documents(DATA / "sns_bench" / "test", [])
+    train_notes = set(sns_bench_documents(DATA / "sns_bench" / "train", []))
+    assert set(notes) <= set(test_notes) and not set(notes) & train_notes
+    assert dropped > 0 and len(notes) > 1000  # the shipped train split overlaps the test split
+    assert not any(n.lstrip().startswith("Comment:") for n in notes)  # CHLW templates left out
+    # Re-check the guarantee independently: no kept note shares a 13-gram with a train item.
+    from redone.config.schema import QualityDecontam
+
+    train = [t for texts in eval_texts_from_sns_bench(DATA / "sns_bench" / "train").values() for t in texts]
+    hits = contamination(list(notes[:200]), build_eval_index({"train": train}, 13), QualityDecontam(eval_sets=[]))
+    assert hits == [None] * 200
+    model, tokenizer = load_model(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
+    out = documents_perplexity(model, tokenizer, list(notes), max_tokens=300, context=64)
+    assert out["scored_tokens"] == 300 and out["documents"] >= 5 and out["ppl"] > 1
