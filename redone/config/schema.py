@@ -149,6 +149,9 @@ class SFTData(DataSection):
     eval_holdout: int = 0  # examples per task held out for the per-task eval loss
     # Clip long note fields (head 2/3 + tail 1/3) before templating; eval uses the same limit.
     max_prompt_chars: Optional[int] = None
+    # Training examples sharing an n-gram with an eval set are dropped (counted per component and eval set),
+    # with the same rules as CPT's data.quality.decontam; eval_sets: [] turns it off.
+    decontam: QualityDecontam = field(default_factory=QualityDecontam)
 
 
 @dataclass

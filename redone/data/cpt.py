@@ -40,7 +40,7 @@ from redone.data.cache import (
     write_atomically,
 )
 from redone.data.curate import curate
-from redone.data.decontam import EvalIndex, load_eval_index
+from redone.data.decontam import EvalIndex, cached_eval_index
 from redone.data.mixture import MixtureSampler, mixture_probs
 from redone.data.packing import DocumentPacker, TokenStore, split_holdout
 from redone.data.sources import file_digest, read_documents, source_digest, source_name
@@ -90,20 +90,6 @@ def quality_configs(section: QualitySection, *, check_files: bool = True
                                   f"(relative paths start at the working dir, {os.getcwd()})")
     return (section.filters, dedup_cfg if dedup_cfg.exact or dedup_cfg.near else None,
             decontam if decontam.eval_sets else None)
-
-
-_INDEX_CACHE: dict[tuple, EvalIndex] = {}
-
-
-def eval_index(cfg: QualityDecontam, digests: list[str]) -> EvalIndex:
-    """The eval index, memoised per process on the eval sets' content and the build settings."""
-    key = (tuple(digests), tuple(Path(p).name for p in cfg.eval_sets), cfg.ngram, cfg.min_item_tokens,
-           cfg.boilerplate_min_items)
-    if key not in _INDEX_CACHE:
-        _INDEX_CACHE.clear()  # one index at a time: they can be large
-        _INDEX_CACHE[key] = load_eval_index(cfg)
-    return _INDEX_CACHE[key]
-
 
 
 # ---------------------------------------------------------------- corpus
@@ -193,7 +179,7 @@ def _build_corpus(config, tokenizer, names: list[str]) -> tuple[list, dict]:
 
     clock = time.perf_counter()
     digests = [file_digest(p) for p in decontam.eval_sets] if decontam else []
-    index = eval_index(decontam, digests) if decontam else None
+    index = cached_eval_index(decontam, digests) if decontam else None
     curation = curate(texts, owners, filters, dedup_cfg, decontam, index)
     timing["curate_s"] = time.perf_counter() - clock
 

@@ -276,3 +276,48 @@ def load_eval_index(cfg: QualityDecontam) -> EvalIndex:
         min_item_tokens=cfg.min_item_tokens,
         boilerplate_min_items=cfg.boilerplate_min_items,
     )
+
+
+# ---------------------------------------------------------------- training examples (sft, dpo, rl)
+
+_INDEX_CACHE: dict[tuple, EvalIndex] = {}
+
+
+def eval_set_digests(cfg: QualityDecontam) -> list[str]:
+    """Content digest of every eval set (cache keys of decontaminated data depend on them)."""
+    from redone.data.sources import file_digest
+
+    return [file_digest(p) for p in cfg.eval_sets]
+
+
+def cached_eval_index(cfg: QualityDecontam, digests: list[str] | None = None) -> EvalIndex:
+    """The eval index, memoised per process on the eval sets' content and the build settings."""
+    digests = eval_set_digests(cfg) if digests is None else digests
+    key = (tuple(digests), tuple(Path(p).name for p in cfg.eval_sets), cfg.ngram, cfg.min_item_tokens,
+           cfg.boilerplate_min_items)
+    if key not in _INDEX_CACHE:
+        _INDEX_CACHE.clear()  # one index at a time: they can be large
+        _INDEX_CACHE[key] = load_eval_index(cfg)
+    return _INDEX_CACHE[key]
+
+
+def screen(texts: list[str], cfg: QualityDecontam) -> tuple[list[int], Counter]:
+    """Training texts against ``cfg.eval_sets``: (kept indices, dropped count per eval set); no eval
+    sets keeps everything."""
+    if not cfg.eval_sets or not texts:
+        return list(range(len(texts))), Counter()
+    return decontaminate(texts, cached_eval_index(cfg), cfg)
+
+
+def affected_eval_items(dropped: list[str], cfg: QualityDecontam) -> dict[str, int]:
+    """How many items of each eval set share an n-gram with the dropped training texts (the other
+    direction of ``screen``): what the decontamination protected."""
+    if not dropped or not cfg.eval_sets:
+        return {}
+    index = build_eval_index({"train": dropped}, cfg.ngram, min_item_tokens=cfg.min_item_tokens,
+                             boilerplate_min_items=cfg.boilerplate_min_items)
+    counts: dict[str, int] = {}
+    for path in cfg.eval_sets:
+        for name, texts in eval_texts_from_path(path).items():
+            counts[name] = sum(hit is not None for hit in contamination(texts, index, cfg))
+    return {name: n for name, n in counts.items() if n}

@@ -31,7 +31,8 @@ TRL's rule, so both tokenize identically). A pair is stored as one two-part item
 ``prompt+chosen | prompt+rejected``, with the loss mask on completion tokens only. ``data.seq_len``
 bounds each of the two sequences (as TRL's ``max_length``); a longer pair is cut in the middle of its
 last user turn (``truncate_prompt``, the same cut in both sequences), dropped, or refused
-(``data.overlong``), all counted. One cache entry per component, keyed by the source digest, every
+(``data.overlong``), all counted. Items and pairs that share an n-gram with an eval set are dropped
+first (``data.decontam``, counted as ``dropped_decontaminated``). One cache entry per component, keyed by the source digest, every
 setting that shapes its pairs or tokens, the tokenizer digest and (sampled rejected answers) the
 sampling model's fingerprint.
 
@@ -61,6 +62,7 @@ from redone.config.schema import SourceSection
 from redone.data import records
 from redone.data.cache import cached_store, tokenizer_digest
 from redone.data.chat import MIN_KEPT_USER_TOKENS, last_user_span, render
+from redone.data.decontam import screen
 from redone.data.mixture import MixtureSampler, mixture_probs, split_source_weights
 from redone.data.packing import (
     BatchSegment,
@@ -71,7 +73,7 @@ from redone.data.packing import (
     first_fit_decreasing,
     split_holdout,
 )
-from redone.data.sft import sns_bench_files
+from redone.data.sft import decontam_parts, item_text, sns_bench_files
 from redone.data.sources import detect_format, read_records, source_digest, source_name
 from redone.data.stage_data import StageData
 from redone.errors import DataError
@@ -399,7 +401,7 @@ def pair_plans(sources: list[SourceSection], data, seed: int, sample=None) -> li
             raise DataError(f"{source.path}: plain text holds no preference pairs")
         else:
             plans.append(PairPlan(source_name(source), index, "file",
-                                  lambda source=source: file_pairs(source, data.bad_pairs)))
+                                  lambda source=source: screened_file_pairs(source, data)))
     names = [p.name for p in plans]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -415,10 +417,24 @@ def _task_builder(task: str, path: Path, direction: str | None, source: SourceSe
         else:
             items = [it for it in sns_tasks.load_items(path, sns_tasks.TRANSBENCH)[: source.limit or None]
                      if sns_tasks.transbench_task(it) == direction]
-        return task_pairs(task, items, style=data.prompt_style, max_prompt_chars=data.max_prompt_chars,
-                          pairs_per_item=data.pairs_per_item, seed=seed, where=str(path), sample=sample)
+        kept, dropped = screen([item_text(it) for it in items], data.decontam)
+        pairs, counts = task_pairs(task, [items[i] for i in kept], style=data.prompt_style,
+                                   max_prompt_chars=data.max_prompt_chars, pairs_per_item=data.pairs_per_item,
+                                   seed=seed, where=str(path), sample=sample)
+        return pairs, counts + Counter(dropped_decontaminated=sum(dropped.values()))
 
     return build
+
+
+def screened_file_pairs(source: SourceSection, data) -> tuple[list[Pair], Counter]:
+    """A pair file's pairs without those sharing an n-gram with an eval set (data.decontam)."""
+    pairs, counts = file_pairs(source, data.bad_pairs)
+    texts = ["\n".join(m["content"] for m in p.prompt + p.chosen + p.rejected) for p in pairs]
+    kept, dropped = screen(texts, data.decontam)
+    if not kept:
+        raise DataError(f"{source.path}: every pair of source '{source_name(source)}' overlaps an eval set "
+                        "(data.decontam)")
+    return [pairs[i] for i in kept], counts + Counter(dropped_decontaminated=sum(dropped.values()))
 
 
 # ---------------------------------------------------------------- tokenization
@@ -552,7 +568,7 @@ def tokenized_plan(plan: PairPlan, tokenizer, config, sample=None):
              "digest": source_digest(source), "format": source.format, "limit": source.limit,
              "style": data.prompt_style, "seq_len": data.seq_len, "max_prompt_chars": data.max_prompt_chars,
              "overlong": data.overlong, "bad_pairs": data.bad_pairs, "pairs_per_item": data.pairs_per_item,
-             "seed": config.seed if plan.kind != "file" else None,
+             "seed": config.seed if plan.kind != "file" else None, "decontam": decontam_parts(data.decontam),
              "tokenizer": tokenizer_digest(tokenizer)}
     if sample is not None and plan.kind != "file":
         parts["sampled"] = sample.key_parts()

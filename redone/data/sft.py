@@ -11,6 +11,10 @@ Components (one per task file, TransBench direction, or general source):
 HH-RLHF dialogues whose reply is empty are skipped and counted (nothing to learn); every other malformed
 record raises ``DataError`` naming file:index.
 
+Decontamination (``data.decontam``, on by default against the SNS-Bench and TransBench test sets): an
+example whose item text shares a 13-gram with an eval item is dropped, counted per component and eval
+set, with the number of eval items those drops overlapped.
+
 Tokens: the tokenizer's chat template, loss on assistant tokens (``data.loss_on: all`` for every token),
 over-long examples truncated in the middle of the last user turn, dropped, or refused
 (``data.overlong``), all counted; one cache entry per component keyed by the source digest, the data
@@ -29,10 +33,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from redone.config.schema import SFTConfig, SourceSection
+from redone.config.schema import QualityDecontam, SFTConfig, SourceSection
 from redone.data import records
 from redone.data.cache import cached_store, tokenizer_digest
 from redone.data.chat import encode_chat
+from redone.data.decontam import affected_eval_items, eval_set_digests, screen
 from redone.data.mixture import MixtureSampler, mixture_probs, split_source_weights
 from redone.data.packing import ItemPacker, TokenStore, split_holdout
 from redone.data.sources import detect_format, read_records, source_digest, source_name
@@ -47,6 +52,8 @@ class Component:
     source: int  # index of the config source it came from
     examples: list[dict] = field(default_factory=list)  # {"messages": [...], "item": original item}
     skipped: int = 0
+    decontaminated: dict = field(default_factory=dict)  # eval set -> examples dropped
+    eval_items_affected: dict = field(default_factory=dict)  # eval set -> its items the drops overlapped
 
 
 def sns_bench_files(folder: Path, tasks: list[str]) -> list[Path]:
@@ -121,6 +128,8 @@ def build_sft_data(config: SFTConfig, tokenizer) -> StageData:
     """Every component tokenized (cached), split into train and held-out items, mixed and packed."""
     data = config.data
     components = all_components(list(data.sources), data.prompt_style, data.max_prompt_chars)
+    for component in components:
+        decontaminate_component(component, data.decontam)
     train_stores, held_out, infos = [], {}, []
     for component in components:
         store, manifest, hit = tokenized_component(component, tokenizer, config)
@@ -133,6 +142,8 @@ def build_sft_data(config: SFTConfig, tokenizer) -> StageData:
             "digest": manifest["parts"]["digest"], "examples": len(train_idx), "held_out": len(held_idx),
             "tokens": int(train_stores[-1].tokens.size), "truncated": manifest.get("truncated", 0),
             "dropped_overlong": manifest.get("dropped_overlong", 0), "skipped": component.skipped,
+            "decontaminated": sum(component.decontaminated.values()),
+            "decontaminated_by": component.decontaminated, "eval_items_affected": component.eval_items_affected,
             "cache_hit": hit})
     probs = component_probs(components, train_stores, data)
     for info, p in zip(infos, probs):
@@ -150,8 +161,43 @@ def tokenized_component(component: Component, tokenizer, config: SFTConfig):
              "format": source.format, "limit": source.limit, "style": data.prompt_style,
              "seq_len": data.seq_len, "max_prompt_chars": data.max_prompt_chars, "loss_on": data.loss_on,
              "overlong": data.overlong, "examples": len(component.examples),
-             "tokenizer": tokenizer_digest(tokenizer)}
+             "decontam": decontam_parts(data.decontam), "tokenizer": tokenizer_digest(tokenizer)}
     return cached_store(data.cache_dir, parts, lambda: tokenize_component(component, tokenizer, data))
+
+
+def decontaminate_component(component: Component, cfg: QualityDecontam) -> None:
+    """Drop the component's examples that share an n-gram with an eval set (redone.data.decontam)."""
+    texts = [example_text(example) for example in component.examples]
+    kept, dropped = screen(texts, cfg)
+    if dropped:
+        keep = set(kept)
+        component.eval_items_affected = affected_eval_items([t for i, t in enumerate(texts) if i not in keep], cfg)
+        component.examples = [component.examples[i] for i in kept]
+        component.decontaminated = dict(sorted(dropped.items()))
+    if not component.examples:
+        raise DataError(f"component '{component.name}': every example overlaps an eval set (data.decontam)")
+
+
+def example_text(example: dict) -> str:
+    """The text an example could leak: an SNS task item's note/query/answer fields, a TransBench pair,
+    or a chat record's turns (never the prompt template around them)."""
+    return item_text(example.get("item") or {}) or "\n".join(m["content"] for m in example["messages"])
+
+
+def item_text(item: dict) -> str:
+    fields = ("query", "question", "sentence1", "sentence2", "content", "answer", "zh", "en")
+    parts = [item[k] if isinstance(item[k], str) else " ".join(map(str, item[k]))
+             for k in fields if isinstance(item.get(k), (str, list))]
+    return "\n".join(parts)
+
+
+def decontam_parts(cfg: QualityDecontam) -> dict | None:
+    """What decontaminated data depends on (cache keys): the settings and the eval sets' content."""
+    if not cfg.eval_sets:
+        return None
+    return {"ngram": cfg.ngram, "min_overlap": cfg.min_overlap, "min_item_tokens": cfg.min_item_tokens,
+            "boilerplate_min_items": cfg.boilerplate_min_items,
+            "eval_sets": [{"name": Path(p).name, "digest": d} for p, d in zip(cfg.eval_sets, eval_set_digests(cfg))]}
 
 
 def tokenize_component(component: Component, tokenizer, data) -> tuple[TokenStore, dict]:

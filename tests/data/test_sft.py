@@ -1,0 +1,51 @@
+"""SFT's data path: decontamination of training examples against the eval sets (planted overlap)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from redone.data.dpo import build_dpo_data
+from redone.data.sft import build_sft_data
+from redone.model import load_tokenizer
+from redone.stages import load_config
+from tests.conftest import DATA
+
+
+@pytest.fixture()
+def planted(tmp_path):
+    """A task folder of 6 real Note-Gender train items plus one item copied from the test split."""
+    train = json.loads((DATA / "sns_bench" / "train" / "Note-Gender.json").read_text(encoding="utf-8"))
+    test = json.loads((DATA / "sns_bench" / "test" / "Note-Gender.json").read_text(encoding="utf-8"))
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    (folder / "Note-Gender.json").write_text(json.dumps(train[:6] + [test[5]]), encoding="utf-8")
+    return folder
+
+
+def overrides(tiny_model_dir, tmp_path, folder, **extra) -> list[str]:
+    items = {"output_dir": tmp_path / "out", "model.name_or_path": tiny_model_dir,
+             "data.cache_dir": tmp_path / "cache", "data.seq_len": 512,
+             "data.sources": f"[{{name: sns, path: {folder}, format: sns_bench}}]",
+             "data.decontam.eval_sets": f"[{DATA}/sns_bench/test]", **extra}
+    return [f"{k}={v}" for k, v in items.items()]
+
+
+def test_sft_drops_and_counts_a_planted_test_item(tiny_model_dir, tmp_path, planted):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    data = build_sft_data(load_config("sft", None, overrides(tiny_model_dir, tmp_path, planted)), tokenizer)
+    info = data.components[0]
+    assert (info["examples"], info["decontaminated"]) == (6, 1)
+    assert info["decontaminated_by"] == {"sns_bench/Note-Gender": 1}
+    assert info["eval_items_affected"].get("sns_bench/Note-Gender", 0) >= 1
+    off = build_sft_data(load_config("sft", None, overrides(tiny_model_dir, tmp_path, planted,
+                                                            **{"data.decontam.eval_sets": "[]"})), tokenizer)
+    assert (off.components[0]["examples"], off.components[0]["decontaminated"]) == (7, 0)
+
+
+def test_dpo_drops_and_counts_a_planted_test_item(tiny_model_dir, tmp_path, planted):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    data = build_dpo_data(load_config("dpo", None, overrides(tiny_model_dir, tmp_path, planted)), tokenizer)
+    info = data.components[0]
+    assert info["dropped_decontaminated"] == 1 and info["pairs"] == 6
