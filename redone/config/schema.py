@@ -145,7 +145,11 @@ class CPTData(DataSection):
 class SFTData(DataSection):
     loss_on: str = "assistant"  # assistant | all
     overlong: str = "truncate_prompt"  # truncate_prompt | drop | error
-    prompt_style: str = "redone"  # redone | official (SNS task prompts)
+    # SNS task prompts: redone | official (the SNS-Bench / OpenCompass wording) | mixed (each item gets the
+    # official prompt with probability official_share, decided by a hash of the component, item and seed,
+    # so skill trained on one wording transfers to the other).
+    prompt_style: str = "redone"
+    official_share: float = 0.5
     eval_holdout: int = 0  # examples per task held out for the per-task eval loss
     # Clip long note fields (head 2/3 + tail 1/3) before templating; eval uses the same limit.
     max_prompt_chars: Optional[int] = None

@@ -73,7 +73,9 @@ def check_sft_data(config: RunConfig) -> None:
         return
     _one_of("data.loss_on", config.data.loss_on, ("assistant", "all"))
     _one_of("data.overlong", config.data.overlong, ("truncate_prompt", "drop", "error"))
-    _one_of("data.prompt_style", config.data.prompt_style, ("redone", "official"))
+    _one_of("data.prompt_style", config.data.prompt_style, ("redone", "official", "mixed"))
+    if not 0.0 <= config.data.official_share <= 1.0:
+        raise ConfigError(f"data.official_share: must be in [0, 1] (got {config.data.official_share})")
 
 
 def check_optim(config: RunConfig) -> None:

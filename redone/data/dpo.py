@@ -73,7 +73,7 @@ from redone.data.packing import (
     first_fit_decreasing,
     split_holdout,
 )
-from redone.data.sft import decontam_parts, item_text, sns_bench_files
+from redone.data.sft import decontam_parts, item_styles, item_text, sns_bench_files
 from redone.data.sources import detect_format, read_records, source_digest, source_name
 from redone.data.stage_data import StageData
 from redone.errors import DataError
@@ -330,17 +330,20 @@ def task_score(task: str, item: dict, prediction: str) -> float:
     return float(score_file(sns_tasks.get_task(task).scoring_file, [prediction], [item])["score"])
 
 
-def task_pairs(task: str, items: list[dict], *, style: str, max_prompt_chars: int | None, pairs_per_item: int,
-               seed: int, where: str, sample=None) -> tuple[list[Pair], Counter]:
+def task_pairs(task: str, items: list[dict], *, style: str | list[str], max_prompt_chars: int | None,
+               pairs_per_item: int, seed: int, where: str, sample=None) -> tuple[list[Pair], Counter]:
     """Gold-vs-wrong pairs for the items of one task, each verified with the benchmark metric.
+
+    ``style``: the prompt style of every item, or one per item (``data.prompt_style: mixed``).
 
     ``sample`` (optional): ``sample(prompts) -> list of answers per prompt`` from a model; every
     distinct sampled answer that scores below the gold becomes a further pair (kind ``sampled``,
     at most ``pairs_per_item`` per item), in addition to the rule-built ones.
     """
     pairs, counts = [], Counter(items=len(items))
-    golds = [sns_tasks.answer_text(task, item, style, where=f"{where}:{i}") for i, item in enumerate(items)]
-    prompts = [sns_tasks.prompt_messages(task, sns_tasks.clip_item(task, item, max_prompt_chars), style,
+    styles = [style] * len(items) if isinstance(style, str) else style
+    golds = [sns_tasks.answer_text(task, item, styles[i], where=f"{where}:{i}") for i, item in enumerate(items)]
+    prompts = [sns_tasks.prompt_messages(task, sns_tasks.clip_item(task, item, max_prompt_chars), styles[i],
                                          where=f"{where}:{i}") for i, item in enumerate(items)]
     usable = [i for i, gold in enumerate(golds) if gold.strip()]
     if len(usable) < len(items):
@@ -418,7 +421,9 @@ def _task_builder(task: str, path: Path, direction: str | None, source: SourceSe
             items = [it for it in sns_tasks.load_items(path, sns_tasks.TRANSBENCH)[: source.limit or None]
                      if sns_tasks.transbench_task(it) == direction]
         kept, dropped = screen([item_text(it) for it in items], data.decontam)
-        pairs, counts = task_pairs(task, [items[i] for i in kept], style=data.prompt_style,
+        items = [items[i] for i in kept]
+        styles = item_styles(data.prompt_style, data.official_share, task, len(items), seed)
+        pairs, counts = task_pairs(task, items, style=styles,
                                    max_prompt_chars=data.max_prompt_chars, pairs_per_item=data.pairs_per_item,
                                    seed=seed, where=str(path), sample=sample)
         return pairs, counts + Counter(dropped_decontaminated=sum(dropped.values()))
@@ -566,7 +571,8 @@ def tokenized_plan(plan: PairPlan, tokenizer, config, sample=None):
     source = data.sources[plan.source]
     parts = {"kind": "dpo-pairs", "builder": PAIR_BUILDER_VERSION, "component": plan.name,
              "digest": source_digest(source), "format": source.format, "limit": source.limit,
-             "style": data.prompt_style, "seq_len": data.seq_len, "max_prompt_chars": data.max_prompt_chars,
+             "style": data.prompt_style, "mixed": data.official_share if data.prompt_style == "mixed" else None,
+             "seq_len": data.seq_len, "max_prompt_chars": data.max_prompt_chars,
              "overlong": data.overlong, "bad_pairs": data.bad_pairs, "pairs_per_item": data.pairs_per_item,
              "seed": config.seed if plan.kind != "file" else None, "decontam": decontam_parts(data.decontam),
              "tokenizer": tokenizer_digest(tokenizer)}

@@ -29,6 +29,7 @@ under ``data.overlong: error`` or a component with nothing left.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,25 +69,39 @@ def sns_bench_files(folder: Path, tasks: list[str]) -> list[Path]:
     return files
 
 
+def item_styles(style: str, official_share: float, component: str, n: int, seed: int) -> list[str]:
+    """The prompt style of each of ``n`` items: ``style`` itself, or for "mixed" "official" with
+    probability ``official_share`` by a hash of (seed, component, item) -- the same item always gets the
+    same style, whatever else the mixture holds."""
+    if style != "mixed":
+        return [style] * n
+    draws = [int.from_bytes(hashlib.blake2b(f"{seed}:{component}:{i}".encode(), digest_size=8).digest(), "big")
+             / 2.0 ** 64 for i in range(n)]
+    return ["official" if u < official_share else "redone" for u in draws]
+
+
 def task_components(source: SourceSection, index: int, style: str,
-                    max_prompt_chars: int | None = None) -> list[Component]:
+                    max_prompt_chars: int | None = None, official_share: float = 0.5,
+                    seed: int = 0) -> list[Component]:
     fmt = detect_format(source)
     path = Path(source.path)
     if fmt == "sns_bench":
         components = []
         for file in sns_bench_files(path, list(source.tasks)):
             items = sns_tasks.load_items(file)[: source.limit or None]
+            styles = item_styles(style, official_share, file.stem, len(items), seed)
             examples = [{"messages": sns_tasks.build_example(
-                file.stem, sns_tasks.clip_item(file.stem, item, max_prompt_chars), style,
+                file.stem, sns_tasks.clip_item(file.stem, item, max_prompt_chars), styles[i],
                 where=f"{file}:{i}")["messages"], "item": item} for i, item in enumerate(items)]
             components.append(Component(file.stem, index, examples))
         return components
     if fmt == "transbench":
         items = sns_tasks.load_items(path, sns_tasks.TRANSBENCH)[: source.limit or None]
+        styles = item_styles(style, official_share, "TransBench", len(items), seed)
         by_task: dict[str, Component] = {}
         for i, item in enumerate(items):
             task = sns_tasks.transbench_task(item, where=f"{path}:{i}")
-            example = sns_tasks.build_example(task, item, style, where=f"{path}:{i}")
+            example = sns_tasks.build_example(task, item, styles[i], where=f"{path}:{i}")
             by_task.setdefault(task, Component(task, index)).examples.append(
                 {"messages": example["messages"], "item": item})
         return [by_task[name] for name in sorted(by_task)]
@@ -110,10 +125,11 @@ def chat_component(source: SourceSection, index: int, fmt: str) -> Component:
     return component
 
 
-def all_components(sources: list[SourceSection], style: str, max_prompt_chars: int | None = None) -> list[Component]:
+def all_components(sources: list[SourceSection], style: str, max_prompt_chars: int | None = None,
+                   official_share: float = 0.5, seed: int = 0) -> list[Component]:
     components = []
     for index, source in enumerate(sources):
-        components.extend(task_components(source, index, style, max_prompt_chars))
+        components.extend(task_components(source, index, style, max_prompt_chars, official_share, seed))
     names = [c.name for c in components]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -127,7 +143,8 @@ def all_components(sources: list[SourceSection], style: str, max_prompt_chars: i
 def build_sft_data(config: SFTConfig, tokenizer) -> StageData:
     """Every component tokenized (cached), split into train and held-out items, mixed and packed."""
     data = config.data
-    components = all_components(list(data.sources), data.prompt_style, data.max_prompt_chars)
+    components = all_components(list(data.sources), data.prompt_style, data.max_prompt_chars,
+                                data.official_share, config.seed)
     for component in components:
         decontaminate_component(component, data.decontam)
     train_stores, held_out, infos = [], {}, []
@@ -159,6 +176,7 @@ def tokenized_component(component: Component, tokenizer, config: SFTConfig):
     source = data.sources[component.source]
     parts = {"kind": "sft-examples", "component": component.name, "digest": source_digest(source),
              "format": source.format, "limit": source.limit, "style": data.prompt_style,
+             "mixed": [data.official_share, config.seed] if data.prompt_style == "mixed" else None,
              "seq_len": data.seq_len, "max_prompt_chars": data.max_prompt_chars, "loss_on": data.loss_on,
              "overlong": data.overlong, "examples": len(component.examples),
              "decontam": decontam_parts(data.decontam), "tokenizer": tokenizer_digest(tokenizer)}

@@ -49,3 +49,26 @@ def test_dpo_drops_and_counts_a_planted_test_item(tiny_model_dir, tmp_path, plan
     data = build_dpo_data(load_config("dpo", None, overrides(tiny_model_dir, tmp_path, planted)), tokenizer)
     info = data.components[0]
     assert info["dropped_decontaminated"] == 1 and info["pairs"] == 6
+
+
+def test_mixed_prompt_style_gives_each_item_one_stable_style(tiny_model_dir, tmp_path):
+    from redone.data.sft import item_styles
+
+    styles = item_styles("mixed", 0.5, "Note-Gender", 400, seed=0)
+    assert styles == item_styles("mixed", 0.5, "Note-Gender", 400, seed=0)
+    assert styles[:100] == item_styles("mixed", 0.5, "Note-Gender", 100, seed=0)  # per item, not per list
+    assert 160 < styles.count("official") < 240
+    assert item_styles("mixed", 0.0, "x", 50, 0) == ["redone"] * 50 == item_styles("redone", 0.9, "x", 50, 0)
+    config = load_config("sft", None, overrides(tiny_model_dir, tmp_path, DATA / "sns_bench" / "train") + [
+        "data.prompt_style=mixed", "data.sources=[{name: sns, path: " + str(DATA / "sns_bench" / "train")
+        + ", format: sns_bench, tasks: [Note-Gender], limit: 40}]"])
+    data = build_sft_data(config, load_tokenizer(str(tiny_model_dir)))
+    assert data.components[0]["examples"] == 40 - data.components[0]["decontaminated"]
+    # The official system turn carries worked examples: it is much longer than the redone one.
+    from redone.data.sft import all_components
+
+    examples = all_components(list(config.data.sources), "mixed", None, 0.5, 0)[0].examples
+    lengths = [len(e["messages"][0]["content"]) for e in examples]
+    expected = item_styles("mixed", 0.5, "Note-Gender", 40, 0)
+    short, long_ = min(lengths), max(lengths)
+    assert [("official" if n == long_ else "redone") for n in lengths] == expected and long_ > 2 * short
