@@ -269,8 +269,8 @@ def ablation_rows(top: PipelineConfig) -> list[str]:
 
 
 def evaluate_stages(top: PipelineConfig, finals: dict[str, str], record: dict, log=print) -> dict:
-    """Evaluate the skill-free baseline, the base model and each stage's final with one EvalConfig,
-    render the report and write the table into every model card."""
+    """Evaluate the skill-free baseline, the base model and each stage's final with one EvalConfig (and
+    again per extra prompt style), render the report and write the table into every model card."""
     from redone.card import write_model_card
     from redone.model import resolve_model
     from redone.report import eval_settings, headline, render
@@ -278,24 +278,37 @@ def evaluate_stages(top: PipelineConfig, finals: dict[str, str], record: dict, l
     root = Path(top.output_root)
     (root / "eval").mkdir(parents=True, exist_ok=True)
     columns: list[tuple[str, str | None, str | None]] = []  # label, model, fingerprint
-    if top.eval.skill_free and "sns-bench" in (top.eval.benches or ["sns-bench"]):
-        columns.append(("skill-free", None, "none"))
     for label in top.eval.models:
         if label == "base":
             columns.append((label, resolve_model(top.model.name_or_path), record.get("base_fingerprint")))
         elif label in finals:
             columns.append((label, finals[label], record["stages"][label]["fingerprint"]))
-    results = [cached_eval(label, model, root / "eval" / f"{label}.json", run_config(top.eval, model is None),
-                           fingerprint, log) for label, model, fingerprint in columns]
-    labels = [label for label, _, _ in columns]
-    table = render(root, record, results, labels)
+    skill_free = top.eval.skill_free and "sns-bench" in (top.eval.benches or ["sns-bench"])
+    tables = []
+    for style in [top.eval.prompt_style, *top.eval.extra_prompt_styles]:
+        suffix = "" if style == top.eval.prompt_style else f"@{style}"
+        options = dataclasses.replace(top.eval, prompt_style=style)
+        results, labels = [], []
+        if skill_free:  # no prompts: one skill-free column serves every style
+            results.append(cached_eval("skill-free", None, root / "eval" / "skill-free.json",
+                                       run_config(top.eval, True), "none", log))
+            labels.append("skill-free")
+        for label, model, fingerprint in columns:
+            results.append(cached_eval(label + suffix, model, root / "eval" / f"{label}{suffix}.json",
+                                       run_config(options, False), fingerprint, log))
+            labels.append(label + suffix)
+        tables.append((style, results, labels))
+    table = render(root, record, tables)
     for final in finals.values():
         write_model_card(final, table)
-    log("\n" + "\n".join(eval_settings(results, labels)) + "\n\n" + table)
-    summary = headline(results, labels)
-    if summary:
-        log(summary)
-    return {"labels": labels, "table": table, "files": sorted(str(p) for p in root.glob("*.png"))}
+    for style, results, labels in tables:
+        log(f"\n[{style} prompts]\n" + "\n".join(eval_settings(results, labels)))
+        summary = headline(results, labels)
+        if summary:
+            log(summary)
+    log("\n" + table)
+    return {"labels": [label for _, _, labels in tables for label in labels], "table": table,
+            "files": sorted(str(p) for p in root.glob("*.png"))}
 
 
 def run_config(section: EvalConfig, skill_free: bool) -> EvalConfig:
@@ -347,16 +360,23 @@ def evaluate_ablations(top: PipelineConfig, rows: list[str], record: dict, log=p
     from redone.report import append_ablations
 
     root = Path(top.output_root)
-    options = run_config(top.eval, skill_free=False)
-    results = {}
-    for row in rows:
-        label, info = row_column(top, row, record)
-        results[row] = cached_eval(label, info["final"], root / "eval" / f"{label}.json", options,
-                                   info["fingerprint"], log)
+    results, other_styles = {}, {}
+    for style in [top.eval.prompt_style, *top.eval.extra_prompt_styles]:
+        suffix = "" if style == top.eval.prompt_style else f"@{style}"
+        options = run_config(dataclasses.replace(top.eval, prompt_style=style), skill_free=False)
+        scored = {}
+        for row in rows:
+            label, info = row_column(top, row, record)
+            scored[row] = cached_eval(label + suffix, info["final"], root / "eval" / f"{label}{suffix}.json",
+                                      options, info["fingerprint"], log)
+        if suffix:
+            other_styles[style] = scored
+        else:
+            results = scored
     deltas = {}
     if top.ablations.bootstrap and all(r.get("sns_bench") for r in results.values()):
         deltas = bootstrap_deltas(top, rows, results, log)
-    table = append_ablations(root, rows, results, deltas, top.ablations.reference)
+    table = append_ablations(root, rows, results, deltas, top.ablations.reference, other_styles)
     log("\n" + table)
     return {"rows": rows, "deltas": deltas, "table": table}
 

@@ -38,19 +38,21 @@ def training_summary(record: dict) -> str:
     return "\n".join(lines)
 
 
-def render(root: Path, record: dict, results: list[dict], labels: list[str]) -> str:
-    """Write report.md and the plots under ``root``; returns the stage table (Markdown)."""
-    table = compare_markdown(results, labels)
-    write_report(root, record, table, results, labels)
-    return table
-
-
-def write_report(root: Path, record: dict, table: str, results: list[dict], labels: list[str]) -> None:
+def render(root: Path, record: dict, tables: list[tuple[str, list[dict], list[str]]]) -> str:
+    """Write report.md and the plots under ``root`` from one (prompt style, results, labels) group per
+    evaluated prompt style; returns the stage tables (Markdown), the main style first."""
+    sections, text = [], []
+    for i, (style, results, labels) in enumerate(tables):
+        table = compare_markdown(results, labels)
+        title = "## Evaluation (stage by stage)" if i == 0 else f"## Evaluation with the {style} prompts"
+        sections.append(f"{title}\n\n{table}")
+        text += [title, "", *eval_settings(results, labels), "", table, ""]
+    _, results, labels = tables[0]
     plots = plot_losses(root, record) + plot_eval_bars(root, results, labels)
-    text = ["# redone pipeline report", "", "## Training", "", training_summary(record), "",
-            "## Evaluation (stage by stage)", "", *eval_settings(results, labels), "", table, "", "## Plots", ""]
-    text += [f"![{p.stem}]({p.name})" for p in plots]
-    (root / "report.md").write_text("\n".join(text) + "\n")
+    head = ["# redone pipeline report", "", "## Training", "", training_summary(record), ""]
+    tail = ["## Plots", "", *[f"![{p.stem}]({p.name})" for p in plots]]
+    (root / "report.md").write_text("\n".join(head + text + tail) + "\n")
+    return "\n\n".join(sections)
 
 
 def eval_settings(results: list[dict], labels: list[str]) -> list[str]:
@@ -149,15 +151,18 @@ def ablation_name(row: str) -> str:
     return f"{chain[0]} only" if len(chain) == 1 else "→".join(chain)
 
 
-def ablation_markdown(rows: list[str], results: dict[str, dict], deltas: dict[str, dict], reference: str) -> str:
+def ablation_markdown(rows: list[str], results: dict[str, dict], deltas: dict[str, dict], reference: str,
+                      other_styles: dict[str, dict[str, dict]] | None = None) -> str:
     """One row per recipe: SNS-Bench average, its paired-bootstrap delta against the reference row, the
-    8 tasks, TransBench and the general perplexities."""
+    average under each other prompt style, the 8 tasks, TransBench and the perplexities."""
+    other_styles = other_styles or {}
     from redone.eval.report_table import headline_rows
 
     def cell(value) -> str:
         return "–" if value is None else f"{value:.2f}"
 
-    head = ["recipe", "SNS-Bench avg", f"Δ vs {ablation_name(reference)} [95% CI]", *TASKS, "TransBench avg",
+    head = ["recipe", "SNS-Bench avg", f"Δ vs {ablation_name(reference)} [95% CI]",
+            *[f"SNS-Bench avg ({style} prompts)" for style in other_styles], *TASKS, "TransBench avg",
             "PPL SNS ↓", "PPL Shakespeare ↓", "PPL HH ↓"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
@@ -169,7 +174,8 @@ def ablation_markdown(rows: list[str], results: dict[str, dict], deltas: dict[st
             delta = f"{d['delta']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
         else:
             delta = "–"
-        cells = [ablation_name(row), cell(values.get("SNS-Bench average")), delta,
+        styled = [cell((scored[row].get("sns_bench") or {}).get("average")) for scored in other_styles.values()]
+        cells = [ablation_name(row), cell(values.get("SNS-Bench average")), delta, *styled,
                  *[cell(values.get(f"SNS {t}")) for t in TASKS], cell(values.get("SNS-TransBench average")),
                  cell(values.get("PPL SNS held-out notes ↓")), cell(values.get("PPL Shakespeare tail ↓")),
                  cell(values.get("PPL HH-RLHF chosen ↓"))]
@@ -207,9 +213,9 @@ def plot_ablation_bars(root: Path, rows: list[str], results: dict[str, dict], de
 
 
 def append_ablations(root: Path, rows: list[str], results: dict[str, dict], deltas: dict[str, dict],
-                     reference: str) -> str:
+                     reference: str, other_styles: dict[str, dict[str, dict]] | None = None) -> str:
     """Add the ablation table and bar plot to report.md; returns the table."""
-    table = ablation_markdown(rows, results, deltas, reference)
+    table = ablation_markdown(rows, results, deltas, reference, other_styles)
     plot = plot_ablation_bars(root, rows, results, deltas, reference)
     report = root / "report.md"
     text = report.read_text() if report.exists() else "# redone pipeline report\n"

@@ -153,7 +153,8 @@ def test_cluster_and_demo_configs_validate():
 def test_ablations_reuse_matching_stages_and_report_intervals(pipeline_file, tmp_path):
     root = tmp_path / "run"
     lines = []
-    record = run_pipeline(pipeline_file, ["ablations.bootstrap=200", "eval.models=[base, sft, dpo]"],
+    record = run_pipeline(pipeline_file, ["ablations.bootstrap=200", "eval.models=[base, sft, dpo]",
+                                          "eval.extra_prompt_styles=[official]"],
                           ablations=True, log=lines.append)
     assert statuses(record) == {"cpt": "fresh", "sft": "fresh", "dpo": "fresh"}
     # Only the rows that are not prefixes of the main chain train, and only their own stages: SFT from
@@ -172,8 +173,13 @@ def test_ablations_reuse_matching_stages_and_report_intervals(pipeline_file, tmp
     assert set(deltas) == {"cpt-sft", "sft-dpo", "cpt-sft-dpo"}
     assert all(d["low"] <= d["delta"] <= d["high"] for d in deltas.values())
     assert (root / "ablations.png").exists()
+    # Every model column and every row is scored with the official SNS-Bench prompts too.
+    assert "## Evaluation with the official prompts" in report and "SNS-Bench avg (official prompts)" in report
+    official = json.loads((root / "eval" / "ablation-sft@official.json").read_text())
+    assert official["header"]["prompt_style"] == "official"
 
-    again = run_pipeline(pipeline_file, ["ablations.bootstrap=200", "eval.models=[base, sft, dpo]"],
+    again = run_pipeline(pipeline_file, ["ablations.bootstrap=200", "eval.models=[base, sft, dpo]",
+                                         "eval.extra_prompt_styles=[official]"],
                          ablations=True, log=lambda _: None)
     assert {row: {s: i["status"] for s, i in st.items()} for row, st in again["ablations"].items()} == {
         "sft": {"sft": "skipped"}, "sft-dpo": {"sft": "skipped", "dpo": "skipped"}}

@@ -310,6 +310,9 @@ class PipelineEvalConfig(EvalConfig):
     enabled: bool = True
     models: list[str] = field(default_factory=list)  # "base" and stage names; empty: base + every stage
     skill_free: bool = True  # the pipeline adds the skill-free baseline as a column
+    # Prompt styles evaluated besides prompt_style, for every model column (a second table each): e.g.
+    # [official] scores every stage with the SNS-Bench/OpenCompass prompts too, the paper's protocol.
+    extra_prompt_styles: list[str] = field(default_factory=list)
     # max_prompt_chars unset: the SFT stage's data.max_prompt_chars (eval prompts shaped like training's)
 
 

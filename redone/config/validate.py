@@ -285,6 +285,8 @@ def check_eval(cfg: EvalConfig, prefix: str = "eval") -> None:
         extra = [b for b in cfg.benches if b not in SKILL_FREE_BENCHES]
         _require(not extra, f"{prefix}.benches", f"has {', '.join(extra)}: the skill-free baseline is no model")
     _choice(f"{prefix}.prompt_style", cfg.prompt_style, STYLES)
+    for style in getattr(cfg, "extra_prompt_styles", ()):
+        _choice(f"{prefix}.extra_prompt_styles", style, STYLES)
     _choice(f"{prefix}.scoring_mode", cfg.scoring_mode, SCORING_MODES)
     _choice(f"{prefix}.subset", cfg.subset, SUBSETS)
     _choice(f"{prefix}.dtype", cfg.dtype, DTYPES)
