@@ -8,6 +8,8 @@
     redone model push DIR --repo ID [--private] [--dry-run]
     redone export gguf --model DIR --out model.gguf [--dtype f16|bf16|f32] [--force]
     redone serve --model DIR [--host 127.0.0.1] [--port 8000]
+    redone predict --model DIR --task TASK --input FILE --out FILE [--field F=C ...] [--strict] [--limit N]
+    redone chat --model DIR [--task TASK]
     redone eval --model DIR_OR_ID [--bench ...] [--limit N] [--out FILE] | redone eval compare A.json B.json
 
 User errors (RedoneError) print one line to stderr and exit 1; usage errors exit 2; an OSError that
@@ -57,7 +59,13 @@ def cmd_pipeline(args) -> int:
     if args.dry_run:
         dry_run(args.config, args.overrides)
         return 0
-    run_pipeline(args.config, args.overrides, start=args.start, only=args.only, ablations=args.ablations)
+    record = run_pipeline(args.config, args.overrides, start=args.start, only=args.only, ablations=args.ablations)
+    stages = record.get("stages") or {}
+    last = next(reversed(stages), None)
+    if last and stages[last].get("final") and stages[last].get("status") != "stopped":
+        from redone.predict import next_steps
+
+        print(next_steps(stages[last]["final"]))
     return 0
 
 
@@ -162,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_parsers(model_sub)  # redone model push DIR --repo ID [--private] [--dry-run]
     add_export_parser(sub)  # redone export gguf --model DIR --out F [--dtype f16|bf16|f32] [--force]
     add_serve_parser(sub)  # redone serve --model DIR [--host] [--port] [--dtype] [--device]
+    from redone.chat import add_chat_parser
+    from redone.predict import add_predict_parser
+
+    add_predict_parser(sub)  # redone predict --model DIR --task T --input F --out F [--field F=C ...] [--strict]
+    add_chat_parser(sub)  # redone chat --model DIR [--task T] [--max-new-tokens N] [--temperature T]
     from redone.eval.cli_eval import add_eval_parser
 
     add_eval_parser(sub, cmd_eval)  # `redone eval ...` and `redone eval compare|table ...`

@@ -19,7 +19,9 @@ items only and then multiplied by it, so format compliance counts in the score.
 
 Public API: ``score_file`` (one file's score, sub-metrics and success ratio), ``item_scores`` (one score
 in [0, 1] per item, the RL reward), ``parsed_ok`` (does an output follow the file's protocol: the format
-reward), ``gold_text`` (the perfect output), ``aggregate`` (8 task scores + average), and the tables
+reward), ``parse_answer`` (the answer the scorer reads from an output: label, tag list, spans, options,
+level, query; ``redone predict`` writes it), ``candidate_labels`` (an item's labels for that parse),
+``gold_text`` (the perfect output), ``aggregate`` (8 task scores + average), and the tables
 ``SNS_FILES``, ``TASKS``, ``TASK_OF_FILE``.
 
 Modes
@@ -386,16 +388,24 @@ def _judge_taxonomy_multiple(file, predictions, items, mode, embedder=None) -> l
 # --------------------------------------------------------------------------------------------------
 
 
-def _comma_set(text: str) -> set[str]:
-    """Fixed mode: both cues removed, cut, split on ',', blank segments dropped."""
+def _comma_list(text: str) -> list[str]:
+    """Fixed mode: both cues removed, cut, split on ',', blank segments dropped (written order, no repeats)."""
     text = _cut(_strip_cues(text), _LIST_CUT)
-    return {part.strip() for part in text.split(",") if part.strip()}
+    return list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+
+
+def _comma_set(text: str) -> set[str]:
+    return set(_comma_list(text))
+
+
+def _official_comma_list(text: str) -> list[str]:
+    """The official postprocessor (applied to prediction and gold): a segment of spaces becomes ""."""
+    text = _LIST_CUT.split(text.replace(_OFFICIAL_CUE, "").strip(), maxsplit=1)[0]
+    return list(dict.fromkeys(part.strip() for part in text.split(",") if part))
 
 
 def _official_comma_set(text: str) -> set[str]:
-    """The official postprocessor (applied to prediction and gold): a segment of spaces becomes ""."""
-    text = _LIST_CUT.split(text.replace(_OFFICIAL_CUE, "").strip(), maxsplit=1)[0]
-    return {part.strip() for part in text.split(",") if part}
+    return set(_official_comma_list(text))
 
 
 def _micro_f1(tp: int, n_pred: int, n_gold: int) -> float:
@@ -538,6 +548,12 @@ def _official_mrc_simple_text(text: str) -> str | None:
     ``'\\n'.join`` accepts any iterable of str, so a bare string parses char by char, a tuple, set or dict
     joins its items / keys; anything else (numbers, bytes, non-str items) is an error, as officially.
     """
+    items = _official_mrc_simple_items(text)
+    return None if items is None else "\n".join(items).strip()
+
+
+def _official_mrc_simple_items(text: str) -> list[str] | None:
+    """The strings the official MRC-simple parse joins (a bare string: its characters), or None."""
     match = _FLAT_LIST.search(text)
     source = match.group(0) if match else text
     value = _literal(source)
@@ -546,9 +562,10 @@ def _official_mrc_simple_text(text: str) -> str | None:
     if isinstance(value, set):
         value = _set_in_source_order(source, value)
     try:
-        return "\n".join(value).strip()
+        items = list(value)  # what '\n'.join iterates; a number or None is not iterable: an error
     except TypeError:
         return None
+    return items if all(isinstance(v, str) for v in items) else None
 
 
 def _set_in_source_order(source: str, value: set) -> list:
@@ -1187,6 +1204,55 @@ def parsed_ok(file: str, prediction: str | None, mode: str = "fixed") -> bool:
         return _parse_result(text, official) is not None
     first = _LIST_CUT.split(text.strip(), maxsplit=1)[0] if official else _cut(text, _LIST_CUT)
     return bool(first.strip())
+
+
+def candidate_labels(item: dict) -> list[str]:
+    """The labels an item offers (its ``candidates``; Taxonomy-multiple: none), for ``parse_answer``."""
+    return _split_candidates(item.get("candidates")) if isinstance(item, dict) else []
+
+
+def parse_answer(file: str, text: str | None, mode: str = "fixed", *, labels: Sequence[str] = ()) -> tuple:
+    """``(parsed answer, ok)``: what the file's scorer reads from an output, and ``parsed_ok``'s verdict.
+
+    Built on the scorers' own parsing steps, so the value is what ``score_file`` compares with the gold:
+
+    * Taxonomy-single, Hashtag-single, QueryCorr-explain, Gender: the label string after the cut (fixed
+      mode: a known label the output starts with wins over the cut; pass the item's candidates as
+      ``labels``, see ``candidate_labels``; the scorer adds the gold to them);
+    * Taxonomy-multiple: the list of levels of that label string split at '|' (fixed mode compares
+      them joined and normalised; official mode normalises with ``general_postprocess``);
+    * Hashtag-multiple, NER: the list of tags / entities in written order without repeats (the scorer
+      uses them as a set);
+    * QueryCorr-topic: the level ``"-1"`` .. ``"3"``, or None;
+    * MRC-simple: the list of answer spans (official mode: the strings its ``'\\n'.join`` joins), or None;
+    * MRC-complex: the ``[{"Option", "Reason"}, ...]`` list of the last ``<Result>``, or None;
+    * CHLW: the list of highlight words, or None (the scorer reads ``[]`` as ``[""]``);
+    * QueryGen: the query (the first line, the text that is embedded).
+
+    ``ok`` is ``parsed_ok(file, text, mode)``: the output follows the file's protocol.
+    """
+    file = _check_file(file)
+    mode = _resolve_mode(mode)
+    text = _as_text(file, 0, text)
+    official = mode == "official"
+    ok = parsed_ok(file, text, mode)
+    if file in ("Note-Taxonomy-single", "Note-Hashtag-single", *_YES_NO_FILES):
+        return (_official_label(file, text) if official else _parse_label_fixed(text, list(labels))), ok
+    if file == "Note-Taxonomy-multiple":
+        read = _official_label(file, text) if official else _parse_label_fixed(text, list(labels))
+        return [level.strip() for level in read.split("|")], ok
+    if file in ("Note-Hashtag-multiple", "Note-NER"):
+        return (_official_comma_list if official else _comma_list)(text), ok
+    if file == "Note-QueryCorr-topic":
+        match = _TOPIC.search(text)
+        return (match.group(0) if match else None), ok
+    if file == "Note-MRC-simple":
+        return (_official_mrc_simple_items(text) if official else _fixed_list(text)), ok
+    if file == "Note-CHLW":
+        return _parse_list(text, official), ok
+    if file == "Note-MRC-complex":
+        return _parse_result(text, official), ok
+    return (_LIST_CUT.split(text.strip(), maxsplit=1)[0] if official else _cut(text, _LIST_CUT)), ok
 
 
 def aggregate(file_results: dict[str, dict]) -> dict:
