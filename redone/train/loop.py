@@ -13,19 +13,38 @@ Features
 - Checkpoints every ``save_every`` steps (see checkpoint.py); exact resume restores model, optimizer,
   scheduler, RNG and the data position in O(1). ``final/`` is a plain ``save_pretrained`` dir.
 
-Errors: a non-empty ``output_dir`` with nothing to resume, an already finished run, or a resume whose
-data order changed (unless ``train.force_resume``) raise ``RedoneError``.
+Resume and restart rules (checked before any data or model is loaded)
+- ``output_dir`` must be writable (not a file, not under a file, not read-only): probed first.
+- Resume takes the newest intact checkpoint (a damaged newest one is skipped, saying so).
+- A key that changes the weights (data order, optimizer, schedule, model, loss) must equal the value
+  the checkpoint was written with: a changed one is refused with the list of changed keys and their
+  old -> new values, unless ``train.force_resume``; then the new values apply from the resume step on
+  (optimizer hyperparameters and the lr schedule are set on the restored optimizer) and the change is
+  recorded in the loop state and ``final/redone.json`` (``resume_changes``). Run-control keys (logging,
+  saving, progress, threads, tracking, stop_after_steps) change freely. So ``config.yaml``,
+  ``config_hash.txt`` and the lineage always describe the settings that were used.
+- A dir holding only this run's own start files (``config.yaml``, ``config_hash.txt``, a log, incomplete
+  checkpoints: a run killed before its first checkpoint) restarts cleanly; the start of a run with a
+  different config is refused, naming the changed keys.
+- A checkpoint or final save that fails to write (disk full, I/O error) removes its temp dir and stops
+  with one line; the previous checkpoint stays loadable.
+
+Errors: ``RedoneError`` for all of the above refusals, an already finished run, a non-empty
+``output_dir`` holding files of something else, and a checkpoint that cannot be loaded.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from redone import __version__
 from redone.card import write_model_card
@@ -43,6 +62,7 @@ from redone.errors import RedoneError
 from redone.model import (
     apply_liger_kernels,
     apply_lora,
+    check_model,
     fingerprint_state_dict,
     freeze_bottom,
     load_model,
@@ -52,16 +72,43 @@ from redone.model import (
     training_attention,
 )
 from redone.train import checkpoint as ckpt
-from redone.train.optim import build_optimizer, build_scheduler
+from redone.train.optim import (
+    build_optimizer,
+    build_scheduler,
+    implementation_kwargs,
+    lr_factor,
+    param_groups,
+)
 
 # Keys whose change alters which data a step sees: resuming across such a change is refused.
 DATA_ORDER_KEYS = ("seed", "data")
+# Dotted config keys (a trailing "." = a whole section) by what a change to them alters. A resume whose
+# config differs from its checkpoint's in any of these is refused unless train.force_resume.
+KEY_CLASSES = (
+    ("data order", ("seed", "data.", "train.micro_batch_size", "train.grad_accum")),
+    ("optimizer", ("optim.lr", "optim.betas", "optim.eps", "optim.weight_decay", "optim.implementation",
+                   "optim.max_grad_norm")),
+    ("schedule", ("optim.scheduler", "optim.warmup_steps", "optim.warmup_ratio", "optim.min_lr_ratio",
+                  "train.max_steps")),
+    ("model", ("model.", "train.precision")),
+    ("loss", ("dpo.",)),
+)
+# How a run is driven or reported, never what it computes: a resume applies new values silently.
+RUN_CONTROL = ("stage", "output_dir", "train.resume", "train.force_resume", "train.stop_after_steps",
+               "train.progress", "train.threads", "train.log_every", "train.eval_every", "train.save_every",
+               "train.keep_last", "tracking.")
+UNSET = "(unset)"  # a key present in only one of two compared configs
+# What a run writes into output_dir before its first checkpoint (plus tracker dirs): a dir holding
+# nothing else is the start of a run, which the same config may restart.
+START_FILES = ("config.yaml", "config_hash.txt", "train_log.jsonl", "checkpoints", "wandb",
+               ".config.yaml.tmp", ".config_hash.txt.tmp")
 
 
 def run_training(config: RunConfig, stage_cls) -> Path | None:
     """Train one stage; returns the final model dir (None when stopped early by stop_after_steps)."""
     output_dir = Path(config.output_dir)
-    resume_from = check_output_dir(config, output_dir)
+    resume_from, changes = check_output_dir(config, output_dir)
+    check_model(config.model.name_or_path)  # a broken model dir fails now, not after the data is built
     accelerator = make_accelerator(config)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
@@ -81,12 +128,13 @@ def run_training(config: RunConfig, stage_cls) -> Path | None:
     state["tag_names"] = stage.tag_names()
     state["start_fingerprint"] = start_fingerprint
     if resume_from is not None:
-        state = restore(accelerator, stage, resume_from, config)
-    if accelerator.is_main_process:
+        state = restore(accelerator, stage, resume_from, config, (model, optimizer, scheduler), changes)
+    if accelerator.is_main_process:  # only now: a refused resume never records a config it did not use
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(config_to_yaml(config))
-        (output_dir / "config_hash.txt").write_text(result_hash(config) + "\n")
+        write_atomic(output_dir / "config.yaml", config_to_yaml(config))
+        write_atomic(output_dir / "config_hash.txt", result_hash(config) + "\n")
         truncate_log(output_dir / "train_log.jsonl", state["step"])
+    ckpt.kill_point("start-files")
     start_trackers(accelerator, config)
 
     finished = train_steps(config, accelerator, stage, model, optimizer, scheduler, state)
@@ -108,16 +156,121 @@ def weights_fingerprint(model, accelerator) -> str | None:
     return fingerprint_state_dict(model.state_dict())
 
 
-def check_output_dir(config: RunConfig, output_dir: Path) -> Path | None:
-    """Decide between a fresh start and a resume; refuse anything that would overwrite a run."""
+def check_output_dir(config: RunConfig, output_dir: Path) -> tuple[Path | None, dict]:
+    """Decide between a fresh start, a restart and a resume; refuse anything that would overwrite a run
+    or resume it with settings it was not trained with. Returns (checkpoint or None, forced changes)."""
+    check_writable(output_dir)
     if (output_dir / "final" / "config.json").exists():
         raise RedoneError(f"output_dir: {output_dir} already holds a finished run (final/); "
                           "choose another output_dir or delete it")
-    resume_from = ckpt.resolve_resume(config.train.resume, output_dir)
-    if resume_from is None and output_dir.exists() and any(output_dir.iterdir()):
+    log = print if int(os.environ.get("RANK", "0")) == 0 else (lambda *_: None)
+    resume_from = ckpt.resolve_resume(config.train.resume, output_dir, log=log)
+    if resume_from is not None:
+        changes = config_changes(read_config_file(resume_from / "config.yaml"), config)
+        weight_changes = {k: v for k, v in changes.items() if not _matches(k, RUN_CONTROL)}
+        if weight_changes and not config.train.force_resume:
+            raise RedoneError(f"train.resume: {resume_from} was written with a different config: "
+                              f"{describe_changes(weight_changes)}; resuming would mix two settings "
+                              "(set train.force_resume=true to apply the new values from this step on, or "
+                              "use a new output_dir)")
+        notes = {k: v for k, v in changes.items()
+                 if k not in weight_changes and k not in ("output_dir", "train.resume", "train.force_resume")}
+        if notes:
+            log(f"[redone] resuming with new run settings: {describe_changes(notes, classes=False)}")
+        return resume_from, weight_changes
+    if output_dir.exists() and any(output_dir.iterdir()):
+        check_restartable(config, output_dir, log)
+    return None, {}
+
+
+def check_writable(output_dir: Path) -> None:
+    """output_dir (or the nearest existing dir above it) must be a directory this process can write."""
+    existing = next(p for p in (output_dir, *output_dir.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        where = "is a file" if existing == output_dir else f"lies under {existing}, which is a file"
+        raise RedoneError(f"output_dir: {output_dir} {where}; choose a directory path")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".redone-write-probe-", dir=existing)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as err:
+        raise RedoneError(f"output_dir: {existing} is not writable ({err.strerror or err})") from None
+
+
+def check_restartable(config: RunConfig, output_dir: Path, log) -> None:
+    """A non-empty dir with no checkpoint to resume: restart it only if it holds nothing but the start
+    files of this very run (killed before its first checkpoint)."""
+    own = set(START_FILES) | {config.tracking.project}
+    foreign = sorted(p.name for p in output_dir.iterdir() if p.name not in own)
+    if foreign or not (output_dir / "config.yaml").exists() or ckpt.complete_checkpoints(output_dir):
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise RedoneError(f"output_dir: {output_dir} is not empty and there is no checkpoint to resume "
-                          "(train.resume); refusing to overwrite it")
-    return resume_from
+                          f"(train.resume{'; it holds ' + shown if foreign else ''}); refusing to overwrite it")
+    changes = config_changes(read_config_file(output_dir / "config.yaml"), config)
+    changes = {k: v for k, v in changes.items() if not _matches(k, RUN_CONTROL)}
+    if changes and not config.train.force_resume:
+        raise RedoneError(f"output_dir: {output_dir} holds the start of a run with a different config (stopped "
+                          f"before its first checkpoint): {describe_changes(changes)}; delete it, use a new "
+                          "output_dir, or set train.force_resume=true to start it over with this config")
+    log(f"[redone] {output_dir} holds only the start of {'a run with another config' if changes else 'this run'} "
+        "(no checkpoint yet): starting it over")
+
+
+def read_config_file(path: Path) -> dict | None:
+    """A config.yaml this package wrote (None when absent: a checkpoint of an older version)."""
+    if not path.exists():
+        return None
+    try:
+        return OmegaConf.to_container(OmegaConf.create(path.read_text(encoding="utf-8")))
+    except Exception as err:  # OmegaConf/YAML raise many types; only the file and the first line matter
+        raise RedoneError(f"{path}: cannot read the saved config ({(str(err).splitlines() or [''])[0]})") from None
+
+
+def flat_keys(node, prefix: str = "") -> dict:
+    """Dotted keys -> leaf values; lists of mappings are indexed (data.sources[0].path), other lists kept."""
+    if isinstance(node, dict):
+        flat = {}
+        for key, value in node.items():
+            flat.update(flat_keys(value, f"{prefix}{key}."))
+        return flat
+    if isinstance(node, list) and any(isinstance(item, dict) for item in node):
+        flat = {}
+        for i, item in enumerate(node):
+            flat.update(flat_keys(item, f"{prefix.rstrip('.')}[{i}]."))
+        return flat
+    return {prefix.rstrip("."): node}
+
+
+def config_changes(saved: dict | None, config: RunConfig) -> dict[str, tuple]:
+    """Keys whose value differs between a saved config and this one: key -> (old, new)."""
+    if saved is None:
+        return {}
+    old, new = flat_keys(saved), flat_keys(config_to_dict(config))
+    return {k: (old.get(k, UNSET), new.get(k, UNSET)) for k in sorted(set(old) | set(new))
+            if old.get(k, UNSET) != new.get(k, UNSET)}
+
+
+def _matches(key: str, prefixes) -> bool:
+    return any(key.startswith(p) if p.endswith(".") else key == p or key.startswith(p + "[") for p in prefixes)
+
+
+def key_class(key: str) -> str:
+    return next((name for name, prefixes in KEY_CLASSES if _matches(key, prefixes)), "other")
+
+
+def describe_changes(changes: dict, classes: bool = True) -> str:
+    def show(value):
+        return value if value == UNSET else repr(value)
+
+    parts = [f"{k} {show(a)} -> {show(b)}" + (f" ({key_class(k)})" if classes else "") for k, (a, b) in changes.items()]
+    return ", ".join(parts[:8]) + (f", and {len(parts) - 8} more" if len(parts) > 8 else "")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a small file whole or not at all (temp file + rename): a kill never leaves half a config."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def make_accelerator(config: RunConfig):
@@ -196,7 +349,13 @@ def data_order_hash(config: RunConfig) -> str:
     return config_hash(data, DATA_ORDER_KEYS + ("train_batch",))
 
 
-def restore(accelerator, stage, path: Path, config: RunConfig) -> dict:
+def restore(accelerator, stage, path: Path, config: RunConfig, prepared, changes: dict) -> dict:
+    """Load a checkpoint into the prepared (model, optimizer, scheduler) and the stage's data position.
+
+    ``changes`` are the weight-relevant keys that differ from the checkpoint's config (only non-empty
+    under train.force_resume): the new optimizer and schedule values are applied on top of the restored
+    state and the change is recorded in the loop state (and so in final/redone.json).
+    """
     state = ckpt.read_loop_state(path)
     if state["data_hash"] != data_order_hash(config) and not config.train.force_resume:
         raise RedoneError(f"train.resume: {path} was written with a different data order (data/seed/batch "
@@ -204,10 +363,41 @@ def restore(accelerator, stage, path: Path, config: RunConfig) -> dict:
     if state["world_size"] != accelerator.num_processes and not config.train.force_resume:
         raise RedoneError(f"train.resume: {path} was written by {state['world_size']} processes, now "
                           f"{accelerator.num_processes}; set train.force_resume=true to resume anyway")
-    accelerator.load_state(str(path))
+    try:
+        accelerator.load_state(str(path))
+    except (OSError, RuntimeError, ValueError, KeyError, EOFError) as err:  # shapes/keys of another model
+        reason = (str(err).strip().splitlines() or [""])[0]
+        raise RedoneError(f"train.resume: cannot load {path} into this run ({type(err).__name__}: {reason})") from None
     stage.load_state_dict(state["data"])
+    if changes:
+        model, optimizer, scheduler = prepared
+        apply_optimizer_settings(config, accelerator.unwrap_model(model), optimizer, scheduler)
+        record = {k: [v[0], v[1]] for k, v in changes.items()}
+        state.setdefault("resume_changes", []).append({"step": state["step"], "changed": record})
+        accelerator.print(f"[redone] train.force_resume: applying {describe_changes(changes)} from step "
+                          f"{state['step']} on")
     accelerator.print(f"[redone] resumed from {path} at step {state['step']}")
     return state
+
+
+def apply_optimizer_settings(config: RunConfig, model, optimizer, scheduler) -> None:
+    """Set this config's optimizer hyperparameters and lr schedule on a restored optimizer (force_resume).
+
+    The restored param groups carry the checkpoint's lr, betas, eps, weight decay and kernel; the
+    scheduler's lambda already follows this config, so its base lr and the current lr are reset here.
+    """
+    optim = config.optim
+    fresh = param_groups(model, optim.weight_decay)
+    kernel = implementation_kwargs(optim.implementation, [p for g in fresh for p in g["params"]])
+    for group, new in zip(optimizer.param_groups, fresh):
+        group.update(weight_decay=new["weight_decay"], betas=tuple(optim.betas), eps=optim.eps,
+                     initial_lr=optim.lr, **kernel)
+    inner = getattr(scheduler, "scheduler", scheduler)
+    inner.base_lrs = [optim.lr] * len(optimizer.param_groups)
+    factor = lr_factor(inner.last_epoch, optim, config.train.max_steps)
+    for group in optimizer.param_groups:
+        group["lr"] = optim.lr * factor
+    inner._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def truncate_log(path: Path, step: int) -> None:
@@ -280,6 +470,7 @@ def train_steps(config, accelerator, stage, model, optimizer, scheduler, state) 
             window = Meter()
         if train.eval_every and state["step"] % train.eval_every == 0:
             log_eval(config, accelerator, stage, model, state)
+        ckpt.kill_point("step")
         if state["step"] % train.save_every == 0 or state["step"] in (train.max_steps, last):
             save_checkpoint(config, accelerator, stage, state)
         progress.update(1)
@@ -370,17 +561,47 @@ def make_progress(accelerator, train, start: int):
 def save_checkpoint(config, accelerator, stage, state) -> None:
     output_dir = Path(config.output_dir)
     tmp = ckpt.temp_dir_for(output_dir, state["step"])
+    try:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            ckpt.kill_point("checkpoint-save")
+            loop_state = dict(state, data=stage.state_dict())
+            ckpt.finalize(tmp, ckpt.step_dir(output_dir, state["step"]), loop_state, config_to_yaml(config))
+    except Exception as err:
+        raise write_failure(err, tmp, f"checkpoint step-{state['step']}", output_dir) from None
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        loop_state = dict(state, data=stage.state_dict())
-        ckpt.finalize(tmp, ckpt.step_dir(output_dir, state["step"]), loop_state, config_to_yaml(config))
         ckpt.prune(output_dir, config.train.keep_last)
     accelerator.wait_for_everyone()
+
+
+def write_failure(err: Exception, tmp: Path, what: str, output_dir: Path) -> Exception:
+    """Clean up a failed save and say what is left; re-raises errors that are not about writing."""
+    full = disk_full(err, tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
+    if not (full or isinstance(err, OSError) or type(err).__name__ == "SafetensorError"):
+        raise err  # a bug, not the disk: keep its traceback
+    previous = ckpt.latest_checkpoint(output_dir)
+    kept = (f"the previous checkpoint {previous.name} is intact; free space and rerun the same command to "
+            "resume from it") if previous else "no earlier checkpoint exists"
+    reason = "no space left on device" if full else f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+    return RedoneError(f"output_dir: writing {what} to {tmp.parent} failed ({reason}); {kept}")
+
+
+def disk_full(err: Exception, path: Path) -> bool:
+    """ENOSPC/EDQUOT, or a library error (torch's zip writer hides errno) on a device with ~no space left."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if "No space left on device" in str(err):
+        return True
+    try:
+        return shutil.disk_usage(path if path.exists() else path.parent).free < (1 << 20)
+    except OSError:
+        return False
 
 
 def save_final(config, accelerator, model, tokenizer, stage, state) -> Path:
@@ -392,15 +613,19 @@ def save_final(config, accelerator, model, tokenizer, stage, state) -> Path:
     state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 / FSDP shards on the main process
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
-        if config.model.lora.enabled:
-            unwrapped, state_dict = save_adapter_and_merge(config, unwrapped, state_dict, output_dir / "adapter")
-        unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "redone_config.yaml").write_text(config_to_yaml(config))
-        lineage = build_lineage(config, stage, state, state_dict)
-        (tmp / "redone.json").write_text(json.dumps(lineage, indent=1, default=str))
-        write_model_card(tmp)
-        tmp.rename(final)
+        try:
+            if config.model.lora.enabled:
+                unwrapped, state_dict = save_adapter_and_merge(config, unwrapped, state_dict, output_dir / "adapter")
+            unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "redone_config.yaml").write_text(config_to_yaml(config))
+            lineage = build_lineage(config, stage, state, state_dict)
+            (tmp / "redone.json").write_text(json.dumps(lineage, indent=1, default=str))
+            write_model_card(tmp)
+            ckpt.kill_point("final-save")
+            tmp.rename(final)
+        except Exception as err:
+            raise write_failure(err, tmp, "final/", output_dir) from None
     accelerator.wait_for_everyone()
     return final
 
@@ -421,6 +646,8 @@ def build_lineage(config, stage, state, state_dict) -> dict:
         "steps": state["step"],
         "final_metrics": last,
         "config": config_to_dict(config),
+        # train.force_resume with changed settings: which keys changed at which step (empty normally)
+        "resume_changes": state.get("resume_changes", []),
         "redone_version": __version__,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
