@@ -100,7 +100,7 @@ RUN_CONTROL = ("stage", "output_dir", "train.resume", "train.force_resume", "tra
 UNSET = "(unset)"  # a key present in only one of two compared configs
 # What a run writes into output_dir before its first checkpoint (plus tracker dirs): a dir holding
 # nothing else is the start of a run, which the same config may restart.
-START_FILES = ("config.yaml", "config_hash.txt", "train_log.jsonl", "checkpoints", "wandb",
+START_FILES = ("config.yaml", "config_hash.txt", "train_log.jsonl", "step_loss.jsonl", "checkpoints", "wandb",
                ".config.yaml.tmp", ".config_hash.txt.tmp")
 
 
@@ -134,6 +134,7 @@ def run_training(config: RunConfig, stage_cls) -> Path | None:
         write_atomic(output_dir / "config.yaml", config_to_yaml(config))
         write_atomic(output_dir / "config_hash.txt", result_hash(config) + "\n")
         truncate_log(output_dir / "train_log.jsonl", state["step"])
+        truncate_log(output_dir / "step_loss.jsonl", state["step"])
     ckpt.kill_point("start-files")
     start_trackers(accelerator, config)
 
@@ -463,7 +464,7 @@ def train_steps(config, accelerator, stage, model, optimizer, scheduler, state) 
                 optimizer.zero_grad(set_to_none=True)
             step_meter.add(out)
         state["step"] = step + 1
-        record_step(state, step_meter, accelerator)
+        record_step(state, step_meter, accelerator, Path(config.output_dir))
         window.merge(step_meter)
         if state["step"] % train.log_every == 0 or state["step"] == train.max_steps:
             log_metrics(config, accelerator, stage, window, state, scheduler, grad_norm, progress)
@@ -512,9 +513,16 @@ class Meter:
         return {n: row.tolist() for n, row in zip(names, local) if row[1] > 0}
 
 
-def record_step(state: dict, step_meter: Meter, accelerator) -> None:
+def record_step(state: dict, step_meter: Meter, accelerator, output_dir: Path | None = None) -> None:
+    """Add the step's global token counts to the loop state; with ``output_dir`` also append the step's
+    own loss to ``step_loss.jsonl`` (train_log.jsonl averages over ``log_every`` steps; plots want both)."""
+    units = global_sum(accelerator, step_meter.units)
+    loss = global_sum(accelerator, step_meter.loss_sum) / max(units, 1)
     state["tokens"] += int(global_sum(accelerator, step_meter.tokens))
-    state["units"] += int(global_sum(accelerator, step_meter.units))
+    state["units"] += int(units)
+    if output_dir is not None and accelerator.is_main_process:
+        with open(output_dir / "step_loss.jsonl", "a") as handle:
+            handle.write(json.dumps({"step": state["step"], "loss": loss}) + "\n")
     for tag, values in step_meter.global_tags(accelerator, state["tag_names"]).items():
         state["source_tokens"][tag] = state["source_tokens"].get(tag, 0) + int(values[1])
 
