@@ -178,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     from redone.eval.cli_eval import add_eval_parser
 
     add_eval_parser(sub, cmd_eval)  # `redone eval ...` and `redone eval compare|table ...`
+    from redone.mix.cli import add_parser as add_mix_parser
+
+    add_mix_parser(sub)  # redone mix search --stage cpt|sft --config C [--proxies N] ... / redone mix verify
     return parser
 
 
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             path = Path(config_path)
             if not path.exists():
                 raise RedoneError(f"--config: {path} not found")
-            if not path.is_file():
+            if path.is_dir():
                 raise RedoneError(f"--config: {path} is a directory, not a YAML file")
             raw = path.read_bytes()
             try:

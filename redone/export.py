@@ -34,16 +34,20 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from redone.errors import RedoneError
+
+if TYPE_CHECKING:
+    import torch
 
 # Hugging Face model_type -> GGUF architecture name.
 ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2"}
 DTYPES = ("f16", "bf16", "f32")
-_TORCH_DTYPES = {"f16": torch.float16, "bf16": torch.bfloat16, "f32": torch.float32}
+# torch is imported where tensors are converted, so `redone --help` and other commands never pay for it.
+_TORCH_DTYPES = {"f16": "float16", "bf16": "bfloat16", "f32": "float32"}
 
 # llama.cpp's names for the split rules of byte-level BPE tokenizers (`tokenizer.ggml.pre`).
 _GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
@@ -373,6 +377,7 @@ def rope_interleave(weight: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 def _converted(file_and_key: tuple[Path, str], name: str, permute_heads: int, dtype: str) -> np.ndarray:
+    import torch
     from safetensors import safe_open
 
     file, key = file_and_key
@@ -381,7 +386,7 @@ def _converted(file_and_key: tuple[Path, str], name: str, permute_heads: int, dt
     if permute_heads:
         tensor = rope_interleave(tensor, permute_heads)
     stored = _stored_dtype(tuple(tensor.shape), dtype)
-    tensor = tensor.to(_TORCH_DTYPES[stored]).contiguous()
+    tensor = tensor.to(getattr(torch, _TORCH_DTYPES[stored])).contiguous()
     if not torch.isfinite(tensor).all():
         raise RedoneError(f"export: tensor {key} overflows {stored} (values beyond its range); use --dtype bf16 or f32")
     if stored == "bf16":

@@ -57,6 +57,11 @@ def load_pipeline(path: str | Path | None, overrides=()) -> tuple[dict, Pipeline
     for stage in top.stages:
         if stage not in STAGE_NAMES:
             raise ConfigError(f"stages: '{stage}' is not one of {', '.join(STAGE_NAMES)}")
+    for stage in STAGE_NAMES:
+        section = plain.get(stage)
+        if section is not None and not isinstance(section, dict):
+            raise ConfigError(f"{stage}: must be a mapping of stage config keys, got {type(section).__name__} "
+                              f"{section!r} ({path})")
     if top.eval.max_prompt_chars is None:
         # Eval prompts are clipped like the SFT examples were, unless the eval section says otherwise.
         top.eval.max_prompt_chars = ((plain.get("sft") or {}).get("data") or {}).get("max_prompt_chars")
@@ -117,12 +122,15 @@ def stage_status(config, parent_fingerprint: str | None) -> str:
         same_config = lineage.get("config_hash") == result_hash(config)
         same_parent = parent_fingerprint is None or lineage.get("start_fingerprint") in (None, parent_fingerprint)
         return "done" if same_config and same_parent else "restart"
-    if ckpt.latest_checkpoint(out) is not None:
-        saved = ckpt.read_loop_state(ckpt.latest_checkpoint(out))
+    hash_file = out / "config_hash.txt"
+    same_config = hash_file.exists() and hash_file.read_text().strip() == result_hash(config)
+    latest = ckpt.usable_checkpoints(out)  # a damaged newest checkpoint is skipped, saying so
+    if latest is not None:
+        saved = ckpt.read_loop_state(latest)
         same_start = parent_fingerprint is None or saved.get("start_fingerprint") in (None, parent_fingerprint)
-        hash_file = out / "config_hash.txt"
-        previous = hash_file.read_text().strip() if hash_file.exists() else None
-        return "resume" if same_start and previous == result_hash(config) else "restart"
+        return "resume" if same_start and same_config else "restart"
+    if same_config:
+        return "resume"  # killed before its first checkpoint: the same run starts again (train does so cleanly)
     return "restart" if out.exists() and any(out.iterdir()) else "fresh"
 
 
@@ -145,7 +153,7 @@ def dry_run(path: str | Path | None, overrides=(), log=print) -> list:
     configs, parent = [], None
     for stage in top.stages:
         raw, notes = stage_raw(plain, top, stage, parent)
-        config = build_config(stage, OmegaConf.create(raw), origin=f"{path} [{stage}]")
+        config = stage_config(stage, raw, path)
         log(f"# ---- {stage}\n# " + "\n# ".join(notes) + "\n" + config_to_yaml(config))
         configs.append(config)
         parent = str(Path(config.output_dir) / "final")
@@ -159,12 +167,15 @@ def run_pipeline(path: str | Path | None, overrides=(), start: str | None = None
         top.ablations.enabled = True
     rows = ablation_rows(top) if top.ablations.enabled else []
     root = Path(top.output_root)
-    root.mkdir(parents=True, exist_ok=True)
     chosen = selected_stages(top, start, only)
+    for chain in [top.stages, *[row.split("-") for row in rows]]:
+        chain_configs(plain, top, chain, path)  # every stage's config is checked before anything trains
     record = {"stages": {}, "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    finals = run_chain(plain, top, top.stages, chosen, record["stages"], record, path, log)
+    # Stages after the last selected one are not needed (--only cpt runs cpt alone).
+    needed = top.stages[: max(top.stages.index(s) for s in chosen) + 1]
+    finals = run_chain(plain, top, needed, chosen, record["stages"], record, path, log)
     if finals is None:  # stopped early at train.stop_after_steps
-        (root / "state.json").write_text(json.dumps(record, indent=1, default=str))
+        write_state(root, record)
         return record
     if rows and not only:
         record["ablations"] = {}
@@ -175,16 +186,38 @@ def run_pipeline(path: str | Path | None, overrides=(), start: str | None = None
             log(f"[pipeline] ablation {row}")
             stages: dict = {}
             if run_chain(plain, top, chain, chain, stages, record, path, log) is None:
-                (root / "state.json").write_text(json.dumps(record, indent=1, default=str))
+                write_state(root, record)
                 return record
             record["ablations"][row] = stages
-    (root / "state.json").write_text(json.dumps(record, indent=1, default=str))
+    write_state(root, record)
     if top.eval.enabled and not only:
         record["eval"] = evaluate_stages(top, finals, record, log=log)
         if rows:
             record["eval"]["ablations"] = evaluate_ablations(top, rows, record, log=log)
-        (root / "state.json").write_text(json.dumps(record, indent=1, default=str))
+        write_state(root, record)
     return record
+
+
+def write_state(root: Path, record: dict) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "state.json").write_text(json.dumps(record, indent=1, default=str))
+
+
+def chain_configs(plain: dict, top: PipelineConfig, chain: list[str], path) -> list:
+    """Every stage config of a chain, built and validated; a key error names its stage (``sft.optim.lr``)."""
+    configs, parent = [], None
+    for i, stage in enumerate(chain):
+        raw, _ = stage_raw(plain, top, stage, parent, chain_dir(top, chain[:i + 1]))
+        configs.append(stage_config(stage, raw, path))
+        parent = str(Path(configs[-1].output_dir) / "final")
+    return configs
+
+
+def stage_config(stage: str, raw: dict, path):
+    try:
+        return build_config(stage, OmegaConf.create(raw), origin=f"{path} [{stage}]")
+    except ConfigError as err:
+        raise ConfigError(f"{stage}.{err}") from None
 
 
 def chain_dir(top: PipelineConfig, prefix: list[str]) -> Path:
@@ -205,7 +238,7 @@ def run_chain(plain: dict, top: PipelineConfig, chain: list[str], chosen: list[s
     parent, parent_fp, finals = None, None, {}
     for i, stage in enumerate(chain):
         raw, notes = stage_raw(plain, top, stage, parent, chain_dir(top, chain[:i + 1]))
-        config = build_config(stage, OmegaConf.create(raw), origin=f"{path} [{stage}]")
+        config = stage_config(stage, raw, path)
         if parent_fp is None:
             base_dir = resolve_model(config.model.name_or_path)
             parent_fp = fingerprint_model_dir(base_dir) if Path(base_dir).exists() else None

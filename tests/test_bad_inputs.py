@@ -10,8 +10,7 @@ lines) must train one step and exit 0.
 Cases run in-process through ``redone.cli.main`` (a subprocess pays ~4 s of imports per case); a few
 subprocess cases at the end prove the real exit codes and stderr of ``python -m redone``.
 
-Cases whose fix lies in a file another session owns are marked ``xfail(strict=True)`` with the change
-they need: they turn into failures (and the mark must go) as soon as the fix lands.
+A case's ``needs_lead`` text records where its fix lives (each was an expected failure until it landed).
 """
 
 from __future__ import annotations
@@ -718,10 +717,9 @@ EXPECTED_FAILURES = (AssertionError, pytest.fail.Exception)
 
 
 def _params():
+    # Every change once marked needs_lead has landed; the field stays as a note of where each fix lives.
     for c in CASES:
-        reason = f"needs lead: {c.needs_lead}"
-        marks = [pytest.mark.xfail(strict=True, raises=EXPECTED_FAILURES, reason=reason)] if c.needs_lead else []
-        yield pytest.param(c, id=c.id, marks=marks)
+        yield pytest.param(c, id=c.id)
 
 
 @pytest.mark.parametrize("c", list(_params()))
@@ -847,7 +845,6 @@ PIPE_B2 = ("redone/pipeline.py stage_status: a stage dir with no checkpoint whos
            "not 'restart' with 'config or parent weights changed'")
 
 
-@pytest.mark.xfail(strict=True, raises=EXPECTED_FAILURES, reason=f"needs lead: {PIPE_B2}")
 def test_pipeline_restarts_a_stage_killed_before_its_first_checkpoint(tiny_model_dir, tmp_path, capsys):
     env = Env(tmp_path, tiny_model_dir)
     path = env.write("pipeline.yaml", pipeline_text(env))
@@ -866,7 +863,6 @@ PIPE_DAMAGED = ("redone/pipeline.py stage_status reads the newest marked checkpo
                 "read_loop_state")
 
 
-@pytest.mark.xfail(strict=True, raises=EXPECTED_FAILURES, reason=f"needs lead: {PIPE_DAMAGED}")
 def test_pipeline_resumes_past_a_damaged_checkpoint(tiny_model_dir, tmp_path, capsys):
     env = Env(tmp_path, tiny_model_dir)
     path = env.write("pipeline.yaml", pipeline_text(env))

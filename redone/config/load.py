@@ -56,6 +56,17 @@ def parse_overrides(overrides) -> DictConfig:
         return OmegaConf.from_dotlist(list(overrides))
     except OmegaConfBaseException as err:
         raise ConfigError(f"override: {str(err).splitlines()[0]}") from None
+    except yaml.YAMLError as err:  # a value that is broken YAML, e.g. data.sources=[{path: x
+        bad = next((item for item in overrides if _broken_yaml(item.split("=", 1)[1])), overrides[-1])
+        raise ConfigError(f"override: '{bad}' is not valid YAML ({getattr(err, 'problem', err)})") from None
+
+
+def _broken_yaml(value: str) -> bool:
+    try:
+        yaml.safe_load(value)
+    except yaml.YAMLError:
+        return True
+    return False
 
 
 def read_yaml_with_defaults(path: Path, _seen: tuple[Path, ...] = ()) -> DictConfig:
@@ -78,7 +89,12 @@ def read_yaml_with_defaults(path: Path, _seen: tuple[Path, ...] = ()) -> DictCon
 def read_yaml(path: Path) -> DictConfig:
     if not path.exists():
         raise ConfigError(f"config file {path} not found")
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[err.start]:02x})") from None
     try:
         data = yaml.safe_load(text)  # PyYAML reports line numbers; OmegaConf then takes the dict
     except yaml.YAMLError as err:
@@ -108,7 +124,26 @@ def check_unknown_keys(node: Any, schema: Any, prefix: str) -> None:
             for i, item in enumerate(value):
                 check_unknown_keys(item, child_schema, f"{full}[{i}].")
         elif child_schema is not None:
+            if value is not None and not isinstance(value, dict):
+                raise ConfigError(f"{full}: must be a mapping of keys (a section), got {type(value).__name__} "
+                                  f"{value!r}")
             check_unknown_keys(value, child_schema, f"{full}.")
+        elif prefix.endswith("]."):
+            _check_item_scalar(schema, key, value, full)
+
+
+def _check_item_scalar(schema: Any, key: str, value: Any, full: str) -> None:
+    """A field inside a list item (``data.sources[0].path``): OmegaConf's own error would name only
+    ``path``, so scalar types are checked here where the full key is known."""
+    hint = typing.get_type_hints(schema).get(key)
+    if typing.get_origin(hint) in (list, dict):
+        return
+    allowed = tuple(a for a in (getattr(hint, "__args__", None) or (hint,)) if a in (str, int, float, bool))
+    if not allowed or value is None:
+        return
+    if isinstance(value, (dict, list)):
+        names = " or ".join(a.__name__ for a in allowed)
+        raise ConfigError(f"{full}: must be a {names}, got {type(value).__name__} {value!r}")
 
 
 def _field_schema(schema: Any, key: str):

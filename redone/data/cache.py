@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from redone.data.packing import TokenStore
+from redone.faults import kill_point
 from redone.model import redone_home
 
 ARRAYS = ("tokens", "offsets", "loss_mask", "part_offsets")
@@ -58,6 +59,7 @@ def write_atomically(root: Path, key: str, fill) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
     try:
         fill(tmp)
+        kill_point("data-cache-write")  # the kill/resume harness: a crash between writing and renaming
         try:
             os.rename(tmp, root / key)
         except OSError:  # another process stored the same key first: identical content, keep theirs

@@ -92,6 +92,7 @@ class Pair:
     chosen: list[Message]  # completion turns (usually one assistant message)
     rejected: list[Message]
     kind: str = "given"  # given, or how a built rejected answer was made (other_label, partial_list, ...)
+    where: str = field(default="", compare=False)  # file:line of its record or task item (errors name it)
 
 
 class BadPair(DataError):
@@ -166,7 +167,7 @@ def pair_from_record(record: dict, where: str) -> Pair:
             _message_list(chosen, "chosen", where)
         rejected = [{"role": "assistant", "content": rejected}] if isinstance(rejected, str) else \
             _message_list(rejected, "rejected", where)
-    return checked_pair(Pair(prompt, chosen, rejected), where)
+    return checked_pair(Pair(prompt, chosen, rejected, where=where), where)
 
 
 def checked_pair(pair: Pair, where: str) -> Pair:
@@ -331,7 +332,8 @@ def task_score(task: str, item: dict, prediction: str) -> float:
 
 
 def task_pairs(task: str, items: list[dict], *, style: str | list[str], max_prompt_chars: int | None,
-               pairs_per_item: int, seed: int, where: str, sample=None) -> tuple[list[Pair], Counter]:
+               pairs_per_item: int, seed: int, where: str, sample=None,
+               lines: list[int] | None = None) -> tuple[list[Pair], Counter]:
     """Gold-vs-wrong pairs for the items of one task, each verified with the benchmark metric.
 
     ``style``: the prompt style of every item, or one per item (``data.prompt_style: mixed``).
@@ -342,9 +344,11 @@ def task_pairs(task: str, items: list[dict], *, style: str | list[str], max_prom
     """
     pairs, counts = [], Counter(items=len(items))
     styles = [style] * len(items) if isinstance(style, str) else style
-    golds = [sns_tasks.answer_text(task, item, styles[i], where=f"{where}:{i}") for i, item in enumerate(items)]
+    # Errors name the item's 1-based line in its file when the caller knows it (else its position).
+    at = [f"{where}:{line}" for line in lines] if lines else [f"{where}:item {i}" for i in range(len(items))]
+    golds = [sns_tasks.answer_text(task, item, styles[i], where=at[i]) for i, item in enumerate(items)]
     prompts = [sns_tasks.prompt_messages(task, sns_tasks.clip_item(task, item, max_prompt_chars), styles[i],
-                                         where=f"{where}:{i}") for i, item in enumerate(items)]
+                                         where=at[i]) for i, item in enumerate(items)]
     usable = [i for i, gold in enumerate(golds) if gold.strip()]
     if len(usable) < len(items):
         counts["dropped_empty_completion"] = len(items) - len(usable)
@@ -368,7 +372,7 @@ def task_pairs(task: str, items: list[dict], *, style: str | list[str], max_prom
                     counts["not_worse" if origin == "rules" else "sampled_not_worse"] += 1
                     continue
                 pairs.append(Pair(prompt, [{"role": "assistant", "content": gold}],
-                                  [{"role": "assistant", "content": text}], kind))
+                                  [{"role": "assistant", "content": text}], kind, where=at[i]))
                 counts[f"kind_{kind}"] += 1
                 kept += 1
             if not kept and origin == "rules":
@@ -396,8 +400,8 @@ def pair_plans(sources: list[SourceSection], data, seed: int, sample=None) -> li
                 plans.append(PairPlan(file.stem, index, fmt, _task_builder(file.stem, file, None, source, data, seed,
                                                                           sample)))
         elif fmt == "transbench":
-            items = sns_tasks.load_items(path, sns_tasks.TRANSBENCH)[: source.limit or None]
-            tasks = sorted({sns_tasks.transbench_task(it, where=f"{path}:{i}") for i, it in enumerate(items)})
+            lined = sns_tasks.item_lines(path, sns_tasks.TRANSBENCH)[: source.limit or None]
+            tasks = sorted({sns_tasks.transbench_task(it, where=f"{path}:{line}") for line, it in lined})
             for task in tasks:
                 plans.append(PairPlan(task, index, fmt, _task_builder(task, path, task, source, data, seed, sample)))
         elif fmt == "text":
@@ -416,14 +420,14 @@ def _task_builder(task: str, path: Path, direction: str | None, source: SourceSe
                   sample=None):
     def build() -> tuple[list[Pair], Counter]:
         if direction is None:
-            items = sns_tasks.load_items(path)[: source.limit or None]
+            lined = sns_tasks.item_lines(path)[: source.limit or None]
         else:
-            items = [it for it in sns_tasks.load_items(path, sns_tasks.TRANSBENCH)[: source.limit or None]
+            lined = [(line, it) for line, it in sns_tasks.item_lines(path, sns_tasks.TRANSBENCH)[: source.limit or None]
                      if sns_tasks.transbench_task(it) == direction]
-        kept, dropped = screen([item_text(it) for it in items], data.decontam)
-        items = [items[i] for i in kept]
+        kept, dropped = screen([item_text(it) for _, it in lined], data.decontam)
+        lines, items = [lined[i][0] for i in kept], [lined[i][1] for i in kept]
         styles = item_styles(data.prompt_style, data.official_share, task, len(items), seed)
-        pairs, counts = task_pairs(task, items, style=styles,
+        pairs, counts = task_pairs(task, items, style=styles, lines=lines,
                                    max_prompt_chars=data.max_prompt_chars, pairs_per_item=data.pairs_per_item,
                                    seed=seed, where=str(path), sample=sample)
         return pairs, counts + Counter(dropped_decontaminated=sum(dropped.values()))
@@ -515,7 +519,7 @@ def tokenize_pairs(pairs: list[Pair], tokenizer, data, name: str, policy: str) -
     """Two-part TokenStore of the pairs (a dropped pair stays as an empty item) and counts."""
     ids, masks, parts, counts = [], [], [], Counter()
     for i, pair in enumerate(pairs):
-        where = f"{name}:{i}"
+        where = pair.where or f"{name}: pair {i}"
         try:
             encoded = encode_pair(tokenizer, pair, max_len=data.seq_len, overlong=data.overlong, where=where)
             if encoded is None:

@@ -59,13 +59,13 @@ def parse_hh_dialogue(text: str, where: str = "HH-RLHF dialogue") -> list[Messag
     return messages
 
 
-def messages_from_record(record: dict, file: str | Path, index: int) -> list[Message]:
+def messages_from_record(record: dict, file: str | Path, line: int) -> list[Message]:
     """Chat messages from a general-chat record, for SFT (every turn non-empty, ends with assistant).
 
     Accepts ``{"messages": [...]}``, ``{"instruction", "input"?, "output"}``, self-instruct seed tasks
     (``instruction`` + ``instances[0]``) and HH-RLHF records (``chosen``, or ``text``, as a dialogue).
     """
-    where = f"{file}:{index}"
+    where = f"{file}:{line}"  # the record's 1-based line in its file
     if not isinstance(record, dict):
         raise DataError(f"{where}: record is a {type(record).__name__}, not an object")
     if "messages" in record:

@@ -88,22 +88,23 @@ def task_components(source: SourceSection, index: int, style: str,
     if fmt == "sns_bench":
         components = []
         for file in sns_bench_files(path, list(source.tasks)):
-            items = sns_tasks.load_items(file)[: source.limit or None]
-            styles = item_styles(style, official_share, file.stem, len(items), seed)
+            lined = sns_tasks.item_lines(file)[: source.limit or None]
+            styles = item_styles(style, official_share, file.stem, len(lined), seed)
             examples = [{"messages": sns_tasks.build_example(
                 file.stem, sns_tasks.clip_item(file.stem, item, max_prompt_chars), styles[i],
-                where=f"{file}:{i}")["messages"], "item": item} for i, item in enumerate(items)]
+                where=f"{file}:{line}")["messages"], "item": item, "where": f"{file}:{line}"}
+                for i, (line, item) in enumerate(lined)]
             components.append(Component(file.stem, index, examples))
         return components
     if fmt == "transbench":
-        items = sns_tasks.load_items(path, sns_tasks.TRANSBENCH)[: source.limit or None]
-        styles = item_styles(style, official_share, "TransBench", len(items), seed)
+        lined = sns_tasks.item_lines(path, sns_tasks.TRANSBENCH)[: source.limit or None]
+        styles = item_styles(style, official_share, "TransBench", len(lined), seed)
         by_task: dict[str, Component] = {}
-        for i, item in enumerate(items):
-            task = sns_tasks.transbench_task(item, where=f"{path}:{i}")
-            example = sns_tasks.build_example(task, item, styles[i], where=f"{path}:{i}")
+        for i, (line, item) in enumerate(lined):
+            task = sns_tasks.transbench_task(item, where=f"{path}:{line}")
+            example = sns_tasks.build_example(task, item, styles[i], where=f"{path}:{line}")
             by_task.setdefault(task, Component(task, index)).examples.append(
-                {"messages": example["messages"], "item": item})
+                {"messages": example["messages"], "item": item, "where": f"{path}:{line}"})
         return [by_task[name] for name in sorted(by_task)]
     return [chat_component(source, index, fmt)]
 
@@ -111,15 +112,16 @@ def task_components(source: SourceSection, index: int, style: str,
 def chat_component(source: SourceSection, index: int, fmt: str) -> Component:
     component = Component(source_name(source), index)
     for i, record in enumerate(read_records(source)):
+        where = f"{source.path}:{record.get('_line', i + 1)}"  # the record's 1-based line in its file
         if fmt == "hh_rlhf":
-            messages = records.parse_hh_dialogue(record.get("chosen", ""), f"{source.path}:{i}")
+            messages = records.parse_hh_dialogue(record.get("chosen", ""), where)
             if any(not m["content"].strip() for m in messages):
                 component.skipped += 1
                 continue
         else:
             messages = records.messages_from_record(
-                {k: v for k, v in record.items() if k != "_line"}, source.path, i)
-        component.examples.append({"messages": messages, "item": record})
+                {k: v for k, v in record.items() if k != "_line"}, source.path, record.get("_line", i + 1))
+        component.examples.append({"messages": messages, "item": record, "where": where})
     if not component.examples:
         raise DataError(f"{source.path}: source '{component.name}' has no usable examples")
     return component
@@ -222,7 +224,7 @@ def tokenize_component(component: Component, tokenizer, data) -> tuple[TokenStor
     ids, masks, counts = [], [], Counter()
     for i, example in enumerate(component.examples):
         encoded = encode_chat(tokenizer, example["messages"], loss_on=data.loss_on, max_len=data.seq_len,
-                              overlong=data.overlong, where=f"{component.name}:{i}")
+                              overlong=data.overlong, where=example.get("where") or f"{component.name}:{i}")
         if encoded is None:
             counts["dropped_overlong"] += 1
             ids.append([])

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from redone.config.schema import SourceSection
 from redone.errors import DataError
+from redone.textio import check_file, json_list_items, read_lines  # noqa: F401 (re-exported)
 
 SUFFIX_FORMATS = {".txt": "text", ".md": "text", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
 
@@ -49,36 +50,6 @@ def detect_format(source: SourceSection) -> str:
     return fmt
 
 
-def check_file(path: Path) -> None:
-    """A data file must exist and be a regular, readable file (not a directory)."""
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory, not a data file")
-
-
-def read_lines(path: Path):
-    """Yield (line_number, text) with UTF-8 checked per line so errors point at the line.
-
-    A leading byte-order mark is dropped and CRLF/CR endings become LF.
-    """
-    check_file(path)
-    try:
-        handle = path.open("rb")
-    except OSError as err:  # permissions, a FIFO that cannot open, ...
-        raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
-    with handle:
-        for number, raw in enumerate(handle, start=1):
-            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise DataError(f"{path}:{number}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
-            # A lone CR (old Mac files) is not a line break to the byte iterator: keep it inside the line.
-            yield number, text.replace("\r\n", "\n").replace("\r", "\n")
-
-
 def read_jsonl(path: Path) -> list[dict]:
     records = []
     for number, line in read_lines(path):
@@ -93,59 +64,6 @@ def read_jsonl(path: Path) -> list[dict]:
         record["_line"] = number
         records.append(record)
     return records
-
-
-def json_list_items(path: str | Path) -> list[tuple[int, object]]:
-    """``(line, item)`` for each item of a JSON file holding a list (a single object counts as a list of one).
-
-    ``line`` is the 1-based line on which the item starts, so every error about an item can point at
-    the file's real line (not an item index). BOM and CRLF are handled by ``read_lines``.
-    """
-    path = Path(path)
-    text = "".join(line for _, line in read_lines(path))
-    decoder = json.JSONDecoder()
-    try:
-        start = _skip_space(text, 0)
-        if start < len(text) and text[start] == "{":
-            item, end = decoder.raw_decode(text, start)
-            _expect_end(path, text, end)
-            return [(_line_of(text, start), item)]
-        if start >= len(text) or text[start] != "[":
-            json.loads(text)  # raises with the position of the first problem
-            raise DataError(f"{path}: expected a JSON list of objects")
-        items, index = [], _skip_space(text, start + 1)
-        if index < len(text) and text[index] == "]":
-            _expect_end(path, text, index + 1)
-            return []
-        while True:
-            item, end = decoder.raw_decode(text, index)
-            items.append((_line_of(text, index), item))
-            index = _skip_space(text, end)
-            if index < len(text) and text[index] == ",":
-                index = _skip_space(text, index + 1)
-                continue
-            if index < len(text) and text[index] == "]":
-                _expect_end(path, text, index + 1)
-                return items
-            raise json.JSONDecodeError("Expecting ',' delimiter", text, index)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}:{err.lineno}: malformed JSON ({err.msg})") from None
-
-
-def _skip_space(text: str, index: int) -> int:
-    while index < len(text) and text[index] in " \t\n":
-        index += 1
-    return index
-
-
-def _expect_end(path: Path, text: str, index: int) -> None:
-    index = _skip_space(text, index)
-    if index < len(text):
-        raise json.JSONDecodeError("Extra data", text, index)
-
-
-def _line_of(text: str, index: int) -> int:
-    return text.count("\n", 0, index) + 1
 
 
 def read_json(path: Path) -> list[dict]:

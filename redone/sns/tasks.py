@@ -51,7 +51,6 @@ Errors raised
 from __future__ import annotations
 
 import difflib
-import json
 import re
 import string
 from collections.abc import Callable
@@ -60,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from redone.errors import DataError, RedoneError
+from redone.textio import json_list_items
 
 STYLES = ("redone", "official")
 TRANSBENCH = "TransBench"  # pseudo task name of a TransBench file: the direction is per item
@@ -304,22 +304,33 @@ def transbench_task(item: dict, *, where: str = "") -> str:
 
 def load_items(path: str | Path, task: str | Task | None = None) -> list[dict]:
     """Read a JSON list of items and check every record has what its task needs (prompt + answer)."""
+    return [item for _, item in item_lines(path, task)]
+
+
+def item_lines(path: str | Path, task: str | Task | None = None) -> list[tuple[int, dict]]:
+    """``(1-based line where the item starts, item)`` for every item of a JSON task file, each checked
+    like ``load_items``; every error names ``file:line``. A BOM and CRLF line endings are accepted."""
     p = Path(path)
     task = task if task is not None else task_for_file(p)
-    try:
-        records = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{p}: cannot read JSON ({e})") from None
-    if not isinstance(records, list):
-        raise DataError(f"{p}: expected a JSON list of objects, got {type(records).__name__}")
-    for i, item in enumerate(records):
-        where = f"{p}:{i}"
+    if _starts_with_object(p):  # json_list_items reads a lone object as a list of one; a task file is a list
+        raise DataError(f"{p}: expected a JSON list of objects, got a single object")
+    records = json_list_items(p)
+    for line, item in records:
+        where = f"{p}:{line}"
         if not isinstance(item, dict):
             raise DataError(f"{where}: record is a {type(item).__name__}, not an object")
         t = _resolve(task, item, where)
         _require_fields(t, item, t.fields + (t.answer_field,), where)
         _check_answer_type(t, item, where)
     return records
+
+
+def _starts_with_object(p: Path) -> bool:
+    if not p.is_file():
+        return False
+    with p.open("rb") as handle:
+        head = handle.read(256).removeprefix(b"\xef\xbb\xbf").lstrip()
+    return head[:1] == b"{"
 
 
 # ---------------------------------------------------------------- YAML tasks: the one loader

@@ -23,42 +23,15 @@ Errors: ``RedoneError`` for an explicit ``train.resume`` path that is not a comp
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import zipfile
 from pathlib import Path
 
 from redone.errors import RedoneError
+from redone.faults import KILL_ENV, TRACE_ENV, kill_point  # noqa: F401 (re-exported)
 
 MARKER = "COMPLETE"
 STATE_FILE = "loop_state.json"
-KILL_ENV = "REDONE_KILL_AT"
-TRACE_ENV = "REDONE_KILL_TRACE"
-_kill_hits: dict[str, int] = {}
-
-
-def kill_point(name: str) -> None:
-    """SIGKILL this process here when ``REDONE_KILL_AT`` names this point (and this is the n-th hit).
-
-    With ``REDONE_KILL_TRACE=FILE`` every point reached is appended to FILE (one name a line), so a
-    harness can learn from an uninterrupted run which kills a run can take.
-    """
-    trace = os.environ.get(TRACE_ENV)
-    if trace:
-        with open(trace, "a") as handle:
-            handle.write(name + "\n")
-    wanted = os.environ.get(KILL_ENV)
-    if not wanted:
-        return
-    point, _, nth = wanted.partition(":")
-    if point != name:
-        return
-    _kill_hits[name] = _kill_hits.get(name, 0) + 1
-    if _kill_hits[name] == int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def checkpoints_dir(output_dir: str | Path) -> Path:
     return Path(output_dir) / "checkpoints"
 

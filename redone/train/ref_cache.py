@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 
 from redone.data.cache import cache_root
 from redone.data.packing import TokenStore
+from redone.faults import kill_point
 
 PASSES = 0
 FORMAT = "redone-dpo-ref-logps-v1"
@@ -71,6 +72,7 @@ def save(path: Path, tensors: dict[str, torch.Tensor], parts: dict) -> None:
     try:
         metadata = {"format": FORMAT, "parts": json.dumps(parts, sort_keys=True, default=str)}
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        kill_point("ref-cache-write")  # the kill/resume harness: a crash between writing and renaming
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

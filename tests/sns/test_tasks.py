@@ -325,11 +325,12 @@ def test_every_shipped_file_loads(sns_items, transbench_items):
 
 def test_missing_field_names_file_and_index(tmp_path):
     path = tmp_path / "Note-Gender.json"
-    path.write_text(json.dumps([{"content": "a", "answer": "Yes"}, {"content": "b"}]), encoding="utf-8")
-    with pytest.raises(DataError, match=rf"^{path}:1: missing field 'answer'$"):
+    # Errors name the 1-based line on which the offending item starts.
+    path.write_text('[\n {"content": "a", "answer": "Yes"},\n {"content": "b"}\n]', encoding="utf-8")
+    with pytest.raises(DataError, match=rf"^{path}:3: missing field 'answer'$"):
         st.load_items(path)
     path.write_text(json.dumps([{"content": 3, "answer": "No"}]), encoding="utf-8")
-    with pytest.raises(DataError, match=rf"{path}:0: field 'content' must be a string"):
+    with pytest.raises(DataError, match=rf"{path}:1: field 'content' must be a string"):
         st.load_items(path)
     path.write_text(json.dumps({"content": "a"}), encoding="utf-8")
     with pytest.raises(DataError, match="expected a JSON list"):
@@ -339,7 +340,7 @@ def test_missing_field_names_file_and_index(tmp_path):
 def test_mrc_simple_answer_must_be_a_list(tmp_path):
     path = tmp_path / "Note-MRC-simple.json"
     path.write_text(json.dumps([{"content": "c", "query": "q", "answer": "not a list"}]), encoding="utf-8")
-    with pytest.raises(DataError, match=rf"{path}:0: field 'answer' must be a list of strings"):
+    with pytest.raises(DataError, match=rf"{path}:1: field 'answer' must be a list of strings"):
         st.load_items(path)
 
 
@@ -364,7 +365,7 @@ def test_transbench_directions(tmp_path, transbench_items):
     assert st.answer_text(st.TRANSBENCH, en2zh) == en2zh["zh"]
     bad = tmp_path / "transbench_bad.json"
     bad.write_text(json.dumps([{"zh": "a", "en": "b", "src_lang": "zh", "dst_lang": "fr"}]), encoding="utf-8")
-    with pytest.raises(DataError, match=rf"{bad}:0: unsupported direction 'zh' -> 'fr'"):
+    with pytest.raises(DataError, match=rf"{bad}:1: unsupported direction 'zh' -> 'fr'"):
         st.load_items(bad)
 
 
