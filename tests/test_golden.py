@@ -75,7 +75,10 @@ def test_losses_and_tokens_match_the_recording(golden_run, stage):
     for got, want in zip(log, GOLDEN_LOGS[stage]):
         for key, value in want.items():
             if key.startswith(("loss", "reward", "logp")):
-                assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-7), (stage, got["step"], key)
+                # A reward margin is a small difference of two large log-prob sums: its last bits move with
+                # the thread count other tests leave behind, so it gets an absolute 1e-6.
+                tol = 1e-6 if "margin" in key else 1e-7
+                assert got[key] == pytest.approx(value, rel=1e-5, abs=tol), (stage, got["step"], key)
             else:
                 assert got[key] == value, (stage, got["step"], key)
     lineage = json.loads((golden_run / stage / "final" / "redone.json").read_text())

@@ -224,16 +224,25 @@ def add_item(row: RowBuilder, store: TokenStore, source: int, item: int) -> None
 
 
 def pack_in_order(store: TokenStore, source: int, seq_len: int, pad_id: int, packing: bool = True) -> list[Row]:
-    """Every non-empty item of one store exactly once, in order (held-out evaluation)."""
+    """Every non-empty item of one store exactly once, in order (held-out evaluation). A single-part
+    item longer than seq_len (a CPT document) is cut into seq_len pieces, each its own segment."""
     rows, row = [], RowBuilder(seq_len, restart_positions=True)
     for item in range(len(store)):
         length = int(store.offsets[item + 1] - store.offsets[item])
         if length == 0:
             continue
-        if row.segments and (length > row.room() or not packing):
-            rows.append(row.finish(pad_id, fill=packing))
-            row = RowBuilder(seq_len, restart_positions=True)
-        add_item(row, store, source, item)
+        pieces = [(0, length)]
+        if length > seq_len and store.part_offsets is None:
+            pieces = [(start, min(start + seq_len, length)) for start in range(0, length, seq_len)]
+        for start, end in pieces:
+            if row.segments and (end - start > row.room() or not packing):
+                rows.append(row.finish(pad_id, fill=packing))
+                row = RowBuilder(seq_len, restart_positions=True)
+            if (start, end) == (0, length):
+                add_item(row, store, source, item)
+            else:
+                ids, mask = store.item(item)
+                row.add(ids[start:end], mask[start:end], source, item)
     if row.segments:
         rows.append(row.finish(pad_id, fill=packing))
     return rows
