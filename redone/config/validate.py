@@ -212,15 +212,20 @@ def check_quality(config: RunConfig) -> None:
 
 
 def check_rl(config: RunConfig) -> None:
-    """rl: the algorithm's keys, the batch shape (whole groups per process) and batch-aligned checkpoints."""
+    """rl: the data keys, the batch shape (whole groups per process), the algorithm and the sampler."""
     if config.stage != "rl":
         return
-    rl, train, data = config.rl, config.train, config.data
+    data = config.data
     _one_of("data.prompt_style", data.prompt_style, ("redone", "official"))
     _one_of("data.overlong", data.overlong, ("drop", "error"))
     if data.eval_holdout < 0:
         raise ConfigError(f"data.eval_holdout: must be >= 0 (got {data.eval_holdout})")
-    _one_of("rl.loss_type", rl.loss_type, ("grpo", "dapo", "dr_grpo"))
+    _check_rl_batch(config.rl, config.train)
+    _check_rl_algorithm(config.rl)
+    _check_rl_sampling(config.rl)
+
+
+def _check_rl_batch(rl, train) -> None:
     if rl.group_size < 2:
         raise ConfigError(f"rl.group_size: must be >= 2 (got {rl.group_size}): advantages are rewards minus "
                           "the mean of the prompt's group, so a group of one has advantage 0 and nothing is learnt")
@@ -228,6 +233,18 @@ def check_rl(config: RunConfig) -> None:
         raise ConfigError(f"train.micro_batch_size: micro_batch_size x grad_accum ({train.micro_batch_size} x "
                           f"{train.grad_accum}) completions per process and step must be a multiple of "
                           f"rl.group_size ({rl.group_size}): a step trains whole groups")
+    if rl.updates_per_batch < 1:
+        raise ConfigError(f"rl.updates_per_batch: must be >= 1 (got {rl.updates_per_batch})")
+    for key in ("save_every", "log_every", "stop_after_steps"):
+        value = getattr(train, key)
+        if value and value % rl.updates_per_batch:
+            # Checkpoints and per-task metrics fall on generation-batch boundaries.
+            raise ConfigError(f"train.{key}: must be a multiple of rl.updates_per_batch ({rl.updates_per_batch}), "
+                              f"got {value}")
+
+
+def _check_rl_algorithm(rl) -> None:
+    _one_of("rl.loss_type", rl.loss_type, ("grpo", "dapo", "dr_grpo"))
     for name in rl.rewards:
         if ":" not in name and name not in ("task", "format"):
             close = difflib.get_close_matches(name, ["task", "format"], n=1, cutoff=0.5)
@@ -247,14 +264,9 @@ def check_rl(config: RunConfig) -> None:
                           f"(got {rl.overlong_buffer}, {rl.overlong_penalty})")
     if rl.kl_beta < 0:
         raise ConfigError(f"rl.kl_beta: must be >= 0 (got {rl.kl_beta})")
-    if rl.updates_per_batch < 1:
-        raise ConfigError(f"rl.updates_per_batch: must be >= 1 (got {rl.updates_per_batch})")
-    for key in ("save_every", "log_every", "stop_after_steps"):
-        value = getattr(train, key)
-        if value and value % rl.updates_per_batch:
-            # Checkpoints and per-task metrics fall on generation-batch boundaries.
-            raise ConfigError(f"train.{key}: must be a multiple of rl.updates_per_batch ({rl.updates_per_batch}), "
-                              f"got {value}")
+
+
+def _check_rl_sampling(rl) -> None:
     if not rl.temperature > 0 or not 0 < rl.top_p <= 1 or rl.top_k < 0:
         raise ConfigError(f"rl.temperature: need temperature > 0, 0 < top_p <= 1, top_k >= 0 "
                           f"(got {rl.temperature}, {rl.top_p}, {rl.top_k})")

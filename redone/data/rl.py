@@ -118,7 +118,7 @@ def build_rl_data(config: RLConfig, tokenizer) -> RLPrompts:
             held_out[component.name] = held_part
         source = data.sources[component.source]
         components.append({
-            "name": component.name, "task": sorted({p.task for p in prompts}), "source": source.path,
+            "name": component.name, "task": prompts[0].task, "source": source.path,
             "digest": source_digest(source), "items": len(train_part), "held_out": len(held_part),
             "prompt_tokens": sum(len(p.ids) for p in train_part),
             "budget": max(p.budget for p in prompts), **counts})
