@@ -1,27 +1,27 @@
 """CPT throughput: redone's continued-pretraining stage vs HF ``Trainer`` on concatenated blocks.
 
-Both sides: the same model (fp32, sdpa), the same documents (SNS-Bench train note titles/bodies,
-deduplicated, + tinyshakespeare paragraphs, each document followed by EOS), the same sequence length,
-rows per step, steps, optimizer (AdamW, betas 0.9/0.95, lr, cosine, clip 1.0) and torch threads.
+Both sides: the same model, the same documents (SNS-Bench train note titles/bodies + tinyshakespeare
+paragraphs, each document followed by EOS), the same sequence length, rows per step, steps, lr schedule
+(cosine, no warm-up, clip 1.0) and torch threads.
 
-- redone: ``run_training(config, CPTStage)``: documents drawn by the mixture sampler (temperature 1, i.e.
-  size-proportional shares, the same token mix as the peer's corpus) and packed padding-free into full
-  rows, position_ids restarting per document so attention is masked at document boundaries (the default;
-  ``--sides redone-crossdoc`` adds a run with ``data.cross_document_attention=true``).
-- hf-trainer: the classic ``group_texts`` recipe: documents shuffled, tokenized with ``datasets.map``,
-  concatenated and cut into ``seq_len`` blocks (labels = input_ids, all-ones attention mask, so attention
-  crosses document boundaries), trained by ``transformers.Trainer``.
+Sides (``<implementation>@<fp32|bf16>``):
+- ``redone``: ``run_training(config, CPTStage)`` at redone's defaults: documents drawn by the mixture
+  sampler (temperature 1: size-proportional shares, the same token mix as the peer's corpus) and packed
+  into full rows, attention masked at document boundaries (position_ids restart), fused AdamW.
+- ``hf-trainer``: the classic ``group_texts`` recipe (documents shuffled, tokenized with
+  ``datasets.map``, concatenated, cut into ``seq_len`` blocks, all-ones attention mask so attention
+  crosses documents) trained by ``transformers.Trainer`` at its defaults (fused AdamW, fp32); the bf16
+  row sets ``bf16=True``.
+- ``redone-crossdoc`` (optional): ``data.cross_document_attention=true``, the peer's attention pattern.
 
-Every block/row is full, so real tokens = rows x seq_len on both sides. Each run is its own process
-(peak RSS = that process's ru_maxrss); the first ``--warmup`` steps are left out of the timing (the
-clock starts at the end of step ``warmup``: redone's ``record_step``, HF's ``on_step_end``). Checkpoint
-saving is off on both sides.
+Every row is full, so real tokens = rows x seq_len on both sides; the FLOP count charges attention for
+the (query, key) pairs each side really attends to (within documents for redone, the whole block for
+the peer).
 
-Usage (1 torch thread per run by default; see _bench_common.py for the two throughput figures):
-    python scripts/bench_cpt.py                                   # tiny model, 20 steps, batch 4 x 512
-    python scripts/bench_cpt.py --steps 10 --repeats 2 --sides redone,hf-trainer,redone-crossdoc
-    python scripts/bench_cpt.py --model smollm2-135m-instruct --steps 5 --warmup 1 --batch 2
-    python scripts/bench_cpt.py --threads 2 --json /tmp/bench_cpt.json
+Usage (see _bench_common.py for the clock, the FLOP count and the two throughput figures):
+    python scripts/bench_cpt.py                                   # tiny model, fp32 + bf16 rows
+    python scripts/bench_cpt.py --model smollm2-135m-instruct --steps 3 --batch 2 --threads 2
+    python scripts/bench_cpt.py --implementations redone,hf-trainer,redone-crossdoc --precisions fp32
 """
 
 from __future__ import annotations
@@ -35,7 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench_common as common  # noqa: E402
 
-SIDES = ("redone", "hf-trainer", "redone-crossdoc")
+WORKLOAD = "cpt"
+IMPLEMENTATIONS = ("redone", "hf-trainer", "redone-crossdoc")
+DEFAULT_IMPLEMENTATIONS = ("redone", "hf-trainer")
+TARGETS = (("hf-trainer", 1.2, "issue 15"),)
+FULL = {"steps": 3, "batch": 2, "seq_len": 512}
+QUICK = {"steps": 3, "batch": 2, "seq_len": 256}
 
 
 def cpt_sources():
@@ -45,20 +50,40 @@ def cpt_sources():
             SourceSection(path=str(common.DATA / "general" / "tinyshakespeare.txt"), name="shakespeare")]
 
 
-def run_redone(args, model_path: str, cross_document: bool) -> dict:
+def add_arguments(parser) -> None:
+    """No CPT-specific options."""
+
+
+def prepare(args, model_path: str) -> list[str]:
+    return []
+
+
+def describe(args) -> str:
+    return f"{args.batch} rows x {args.seq_len} tokens/step"
+
+
+def run_redone(args, precision: str, model_path: str, cross_document: bool) -> dict:
     from redone.train.cpt import CPTStage
 
-    return common.run_redone_stage("cpt", CPTStage, args, model_path, cpt_sources(),
-                                   {"data.cross_document_attention": str(cross_document).lower()})
+    result = common.run_redone_stage("cpt", CPTStage, args, precision, model_path, cpt_sources(), {
+        "data.cross_document_attention": str(cross_document).lower(), "train.micro_batch_size": args.batch})
+    result["notes"] = (f"packed, {'cross-document' if cross_document else 'per-document'} attention, fused adamw, "
+                       f"{'bf16 autocast' if precision == 'bf16' else 'fp32'}")
+    return result
 
 
-def group_texts_dataset(tokenizer, seq_len: int):
+def read_documents():
+    """Adapter for the one redone data API this script needs besides the stage itself."""
+    from redone.data.sources import read_documents as read
+
+    return [doc for source in cpt_sources() for doc in read(source)]
+
+
+def group_texts_dataset(tokenizer, seq_len: int, blocks_needed: int):
     """The classic run_clm recipe: tokenize, concatenate, cut into seq_len blocks (remainder dropped)."""
     import datasets
 
-    from redone.data.sources import read_documents
-
-    docs = [doc for source in cpt_sources() for doc in read_documents(source)]
+    docs = read_documents()
     random.Random(0).shuffle(docs)
     eos = tokenizer.eos_token_id
 
@@ -74,70 +99,43 @@ def group_texts_dataset(tokenizer, seq_len: int):
 
     raw = datasets.Dataset.from_dict({"text": docs})
     tokenized = raw.map(tokenize, batched=True, remove_columns=["text"], load_from_cache_file=False)
-    return tokenized.map(group_texts, batched=True, batch_size=1000, load_from_cache_file=False)
+    grouped = tokenized.map(group_texts, batched=True, batch_size=1000, load_from_cache_file=False)
+    if len(grouped) < blocks_needed:
+        raise SystemExit(f"only {len(grouped)} blocks for {blocks_needed} rows")
+    return grouped
 
 
-def run_hf_trainer(args, model_path: str) -> dict:
-    import torch
+def run_hf_trainer(args, precision: str, model_path: str) -> dict:
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments, default_data_collator
 
     from redone.model import load_tokenizer
 
     tokenizer = load_tokenizer(model_path)
-    dataset = group_texts_dataset(tokenizer, args.seq_len)
-    if len(dataset) < args.steps * args.batch:
-        raise SystemExit(f"only {len(dataset)} blocks for {args.steps} steps x {args.batch} rows")
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation="sdpa")
-    clock = common.StepClock()
+    dataset = group_texts_dataset(tokenizer, args.seq_len, args.steps * args.batch)
+    model = AutoModelForCausalLM.from_pretrained(model_path)  # the library's defaults (dtype, attention)
+    clock, counter = common.StepClock(), common.FlopCounter()
     out = Path(tempfile.mkdtemp(prefix="cpt-hf-", dir=Path(args.scratch) / "runs"))
-    training_args = TrainingArguments(**common.hf_training_args(out, args))
-    common.check_peer_args(training_args)
+    training_args = TrainingArguments(**common.hf_training_args(out, args, precision))
+    settings = common.check_peer_args(training_args, precision, args.device)
     trainer = Trainer(model=model, args=training_args, train_dataset=dataset, data_collator=default_data_collator,
-                      callbacks=[common.trainer_clock_callback(clock, lambda: args.batch * args.seq_len)])
+                      callbacks=[common.trainer_clock_callback(clock, counter)])
+    common.attach_trainer(trainer, counter)
     output = trainer.train()
-    return dict(clock.summary(args.warmup), final_loss=float(output.training_loss))
+    return dict(clock.summary(args.warmup), final_loss=float(output.training_loss), flop_model=counter.note,
+                notes="group_texts blocks, " + common.peer_notes(settings),
+                attention=model.config._attn_implementation)
 
 
-def worker(args) -> None:
+def worker(args) -> dict:
+    impl, precision = common.split_side(args.worker)
     common.set_threads(args.threads)
     model_path = common.resolve_bench_model(args.model, args.scratch)
-    if args.worker == "redone":
-        result = run_redone(args, model_path, cross_document=False)
-    elif args.worker == "redone-crossdoc":
-        result = run_redone(args, model_path, cross_document=True)
-    elif args.worker == "hf-trainer":
-        result = run_hf_trainer(args, model_path)
-    else:
-        raise SystemExit(f"unknown side {args.worker}")
-    common.write_result(args.result, result)
-
-
-def main() -> None:
-    parser = common.common_parser(__doc__.splitlines()[0], steps=20, batch=4, seq_len=512)
-    parser.add_argument("--sides", default="redone,hf-trainer",
-                        help=f"comma-separated subset of {','.join(SIDES)}")
-    args = parser.parse_args()
-    if args.worker:
-        return worker(args)
-    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
-    unknown = set(sides) - set(SIDES)
-    if unknown or "redone" not in sides:
-        parser.error(f"--sides must include redone and only use {SIDES} (got {sides})")
-    scratch = Path(args.scratch)
-    (scratch / "runs").mkdir(parents=True, exist_ok=True)
-    common.resolve_bench_model(args.model, args.scratch)  # build the tiny model once, before the runs
-    argv = list(sys.argv[1:])
-    print(f"[bench_cpt] model={args.model} steps={args.steps} (warm-up {args.warmup} untimed) "
-          f"batch={args.batch}x{args.seq_len} threads={args.threads} repeats={args.repeats}", flush=True)
-    runs = common.run_interleaved(__file__, sides, argv, args.threads, args.repeats, scratch / "logs")
-    med = common.medians(runs)
-    targets = {"hf-trainer": (1.0, "issue 2")} if "hf-trainer" in sides else {}
-    verdict = common.print_table(f"CPT, model {args.model}, {args.batch}x{args.seq_len} tokens/step, "
-                                 f"{args.steps} steps ({args.warmup} warm-up), {args.threads} torch thread(s)",
-                                 med, "redone", targets)
-    print("\n(speed-up = redone tokens/s / that run's tokens/s; RSS = each run's own process peak)")
-    common.save_json(args.json_out, {"args": vars(args), "runs": runs, "medians": med, **verdict})
+    if impl in ("redone", "redone-crossdoc"):
+        return run_redone(args, precision, model_path, cross_document=impl == "redone-crossdoc")
+    if impl == "hf-trainer":
+        return run_hf_trainer(args, precision, model_path)
+    raise SystemExit(f"unknown side {args.worker}")
 
 
 if __name__ == "__main__":
-    main()
+    common.workload_main(sys.modules[__name__], steps=20, batch=4, seq_len=512)

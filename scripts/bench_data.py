@@ -88,7 +88,7 @@ def build_corpus(case: str, mb: float, scratch: Path) -> Path:
 
 
 def run_prepare(args) -> dict:
-    from redone.data.prepare import prepare_cpt
+    from redone.data.cpt import prepare_cpt
     from redone.model import load_tokenizer
     from redone.stages import load_config
 

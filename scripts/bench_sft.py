@@ -1,41 +1,36 @@
-"""SFT throughput: redone's SFT stage vs TRL 1.16 ``SFTTrainer`` (padded and ``padding_free=True``).
+"""SFT throughput: redone's SFT stage vs TRL ``SFTTrainer`` at its defaults and with ``padding_free=True``.
 
 Data, identical on every side: the SNS-Bench train files (12 tasks) + SNS-TransBench train (both
-directions), rendered by redone's prompt builder (``redone.data.examples.all_components``, style
-"redone"); examples longer than ``--seq-len`` tokens are left out everywhere (redone:
-``data.overlong=drop``; TRL: filtered with the same ``encode_chat`` count, so TRL never truncates).
-TRL gets them as conversational prompt/completion records (prompt = system + user turns, completion =
-the assistant turn), so with ``completion_only_loss`` it trains on the same token ids and the same
-loss mask as redone (see tests/train/test_sft_parity.py).
+directions), rendered by redone's prompt builder (style "redone"); examples longer than ``--seq-len``
+tokens are left out everywhere (redone: ``data.overlong=drop``; TRL: filtered with the same
+``encode_chat`` count, so TRL never truncates). TRL gets them as conversational prompt/completion
+records (prompt = system + user turns, completion = the assistant turn), so with its default
+``completion_only_loss`` it trains on the same token ids and loss mask as redone.
 
-- redone: ``run_training(config, SFTStage)``, examples sampled size-proportionally (temperature 1, the
-  same mix as TRL's uniform shuffle), packed padding-free into ``rows`` rows of ``seq_len`` tokens
-  (position_ids restart per example, no cross-example attention). ``--sides`` may add
-  ``redone-padded`` (``data.packing=false``: one example per row, right-padded).
-- trl-padded: ``SFTTrainer``, ``per_device_train_batch_size=--batch`` examples, padded to the longest.
-- trl-padding-free: the same with ``padding_free=True`` (one flattened row, position_ids; ``max_length``
-  must be None for it in TRL 1.16, harmless here since every example already fits).
+Sides (``<implementation>@<fp32|bf16>``):
+- ``redone``: ``run_training(config, SFTStage)`` at redone's defaults (packed rows, attention auto,
+  fused AdamW, LM head on labelled positions only); ``train.precision`` from the row.
+- ``trl``: ``SFTTrainer`` at its defaults: padded batches, gradient checkpointing, fused AdamW, bf16
+  (on the fp32 row ``bf16=False``, the only change); ``use_cpu=True`` on CPU.
+- ``trl-padding-free``: TRL's best setting for speed: ``padding_free=True`` (one flattened row with
+  position_ids; TRL 1.16 wants ``max_length=None`` for it, harmless since every example fits) and
+  ``gradient_checkpointing=False``.
+- ``redone-padded`` (optional): ``data.packing=false``.
 
-Same effective batch: TRL takes ``--batch`` examples per step; redone takes ``--rows`` packed rows per
-step, by default round(batch x mean example length / seq_len), i.e. about the same real tokens per step
-(the table prints the measured tokens/step of every side). fp32 on CPU everywhere; TRL with
-``bf16=False, gradient_checkpointing=False`` (its defaults fail on CPU). Same AdamW settings, lr, cosine
-schedule, clip 1.0, torch threads, steps; no checkpoint saving anywhere.
+Same effective batch: TRL takes ``--batch`` examples per step; redone takes ``--rows`` packed rows,
+by default round(batch x mean example length / seq_len), about the same real tokens per step (the
+table prints each side's measured tokens/step). Same lr schedule, clipping, steps and torch threads.
+Tokens = real (non-pad) input tokens through the decoder, counted by the FlopCounter on every side.
 
-Real tokens = non-pad input tokens (prompt + completion): redone counts segment lengths (row tails
-excluded), TRL ``attention_mask.sum()`` (padded) or the flattened length (padding-free). Each run is its
-own process (peak RSS = its ru_maxrss); the first ``--warmup`` steps are untimed (clock starts at the
-end of step ``warmup``: redone's ``record_step``, TRL's ``on_step_end``).
-
-Usage (1 torch thread per run by default; see _bench_common.py for the two throughput figures):
-    python scripts/bench_sft.py                                  # tiny model, 20 steps, 8 examples/step
-    python scripts/bench_sft.py --steps 10 --repeats 2 --sides redone,trl-padded,trl-padding-free,redone-padded
-    python scripts/bench_sft.py --model smollm2-135m-instruct --steps 5 --warmup 1 --batch 4 --repeats 2
-    python scripts/bench_sft.py --threads 2 --json /tmp/bench_sft.json
+Usage (see _bench_common.py for the clock, the FLOP count and the two throughput figures):
+    python scripts/bench_sft.py                                     # tiny model, fp32 + bf16 rows, 3 repeats
+    python scripts/bench_sft.py --model smollm2-135m-instruct --steps 3 --batch 4 --threads 2
+    python scripts/bench_sft.py --precisions bf16 --implementations redone,trl --json /tmp/bench_sft.json
 """
 
 from __future__ import annotations
 
+import random
 import sys
 import tempfile
 from pathlib import Path
@@ -44,7 +39,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench_common as common  # noqa: E402
 
-SIDES = ("redone", "trl-padded", "trl-padding-free", "redone-padded")
+WORKLOAD = "sft"
+IMPLEMENTATIONS = ("redone", "trl", "trl-padding-free", "redone-padded")
+DEFAULT_IMPLEMENTATIONS = ("redone", "trl", "trl-padding-free")
+# (peer, minimum redone/peer ratio of real tokens per second, where the target comes from)
+TARGETS = (("trl", 3.0, "issue 15"), ("trl-padding-free", 1.5, "issue 15"))
+MFU_TARGETS = (("bf16", 0.30),)  # redone's bf16 SFT at >= 30% of the bf16 matmul peak
+FULL = {"steps": 3, "batch": 4, "seq_len": 1024}
+QUICK = {"steps": 3, "batch": 2, "seq_len": 256}
 
 
 def sft_sources():
@@ -55,13 +57,19 @@ def sft_sources():
                           format="transbench")]
 
 
+def chat_examples():
+    """Adapter for the one redone data API this script needs besides the stage itself."""
+    from redone.data.chat import encode_chat
+    from redone.data.sft import all_components
+
+    return encode_chat, all_components(sft_sources(), "redone")
+
+
 def example_lengths_and_records(tokenizer, seq_len: int) -> tuple[list[int], list[dict]]:
     """Token lengths (redone's encoding) and TRL prompt/completion records of the kept examples."""
-    from redone.data.chat import encode_chat
-    from redone.data.examples import all_components
-
+    encode_chat, components = chat_examples()
     lengths, records = [], []
-    for component in all_components(sft_sources(), "redone"):
+    for component in components:
         for example in component.examples:
             messages = example["messages"]
             encoded = encode_chat(tokenizer, messages, max_len=seq_len, overlong="drop")
@@ -73,112 +81,77 @@ def example_lengths_and_records(tokenizer, seq_len: int) -> tuple[list[int], lis
     return lengths, records
 
 
-def default_rows(args, model_path: str) -> int:
-    from redone.model import load_tokenizer
-
-    lengths, _ = example_lengths_and_records(load_tokenizer(model_path), args.seq_len)
-    return max(1, round(args.batch * sum(lengths) / len(lengths) / args.seq_len))
+def add_arguments(parser) -> None:
+    parser.add_argument("--rows", type=int, default=None,
+                        help="redone packed rows per step (default: about the real tokens of --batch examples)")
 
 
-def run_redone(args, model_path: str, packing: bool) -> dict:
+def prepare(args, model_path: str) -> list[str]:
+    """Parent side, once: redone's rows per step from the mean example length."""
+    if args.rows is None:
+        from redone.model import load_tokenizer
+
+        lengths, _ = example_lengths_and_records(load_tokenizer(model_path), args.seq_len)
+        args.rows = max(1, round(args.batch * sum(lengths) / len(lengths) / args.seq_len))
+    return ["--rows", str(args.rows)]
+
+
+def describe(args) -> str:
+    return (f"TRL {args.batch} examples/step, redone {args.rows} packed rows x {args.seq_len} "
+            f"(about the same real tokens)")
+
+
+def run_redone(args, precision: str, model_path: str, packing: bool) -> dict:
     from redone.train.sft import SFTStage
 
-    return common.run_redone_stage("sft", SFTStage, args, model_path, sft_sources(), {
+    result = common.run_redone_stage("sft", SFTStage, args, precision, model_path, sft_sources(), {
         "data.overlong": "drop", "data.loss_on": "assistant", "data.prompt_style": "redone",
         "data.packing": str(packing).lower(), "train.micro_batch_size": args.rows if packing else args.batch})
+    result["notes"] = (f"packed {args.rows}x{args.seq_len}" if packing else "padded") + \
+        f", fused adamw, {'bf16 autocast' if precision == 'bf16' else 'fp32'}"
+    return result
 
 
-def run_trl(args, model_path: str, padding_free: bool) -> dict:
+def run_trl(args, precision: str, model_path: str, padding_free: bool) -> dict:
     import datasets
-    import torch
-    from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
     from redone.model import load_tokenizer
 
     tokenizer = load_tokenizer(model_path)
     _, records = example_lengths_and_records(tokenizer, args.seq_len)
-    dataset = datasets.Dataset.from_list(records)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation="sdpa")
+    # TRL tokenizes its whole dataset before step 1: a seeded sample of 4x what the run draws keeps
+    # that set-up short without changing the length distribution.
+    records = random.Random(0).sample(records, min(len(records), 4 * args.steps * args.batch))
     out = Path(tempfile.mkdtemp(prefix="sft-trl-", dir=Path(args.scratch) / "runs"))
-    config = SFTConfig(**common.hf_training_args(
-        out, args, padding_free=padding_free, packing=False, completion_only_loss=True,
-        # TRL 1.16 refuses padding_free without packing unless max_length is None (examples already fit).
-        max_length=None if padding_free else args.seq_len))
-    common.check_peer_args(config)
-    seen = {"tokens": 0}
-
-    class CountingSFTTrainer(SFTTrainer):
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            mask = inputs.get("attention_mask")
-            seen["tokens"] += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
-            return super().training_step(model, inputs, num_items_in_batch)
-
-    clock = common.StepClock()
-    step_tokens = {"last": 0}
-
-    def tokens_of_step() -> int:
-        tokens, step_tokens["last"] = seen["tokens"] - step_tokens["last"], seen["tokens"]
-        return tokens
-
-    trainer = CountingSFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                                 callbacks=[common.trainer_clock_callback(clock, tokens_of_step)])
+    best = {"padding_free": True, "max_length": None, "activation_checkpointing": False} if padding_free else \
+        {"max_length": args.seq_len}
+    config = SFTConfig(**common.hf_training_args(out, args, precision, **best))
+    settings = common.check_peer_args(config, precision, args.device)
+    clock, counter = common.StepClock(), common.FlopCounter()
+    # A model path, not an instance: TRL loads it with its own defaults (dtype, attention).
+    trainer = SFTTrainer(model=model_path, args=config, train_dataset=datasets.Dataset.from_list(records),
+                         processing_class=tokenizer, callbacks=[common.trainer_clock_callback(clock, counter)])
+    common.attach_trainer(trainer, counter)
     output = trainer.train()
-    if trainer._total_train_tokens != seen["tokens"]:  # TRL's own count of non-pad tokens must agree
-        raise SystemExit(f"token count mismatch: TRL {trainer._total_train_tokens} vs counted {seen['tokens']}")
-    return dict(clock.summary(args.warmup), final_loss=float(output.training_loss))
+    timed = clock.summary(args.warmup)
+    if trainer._total_train_tokens != sum(clock.tokens):  # TRL's own count of non-pad tokens must agree
+        raise SystemExit(f"token count mismatch: TRL {trainer._total_train_tokens} vs counted {sum(clock.tokens)}")
+    notes = ("padding-free" if padding_free else "padded") + ", " + common.peer_notes(settings)
+    return dict(timed, final_loss=float(output.training_loss), flop_model=counter.note, notes=notes,
+                attention=trainer.model.config._attn_implementation)
 
 
-def worker(args) -> None:
+def worker(args) -> dict:
+    impl, precision = common.split_side(args.worker)
     common.set_threads(args.threads)
     model_path = common.resolve_bench_model(args.model, args.scratch)
-    if args.worker in ("redone", "redone-padded"):
-        result = run_redone(args, model_path, packing=args.worker == "redone")
-    elif args.worker in ("trl-padded", "trl-padding-free"):
-        result = run_trl(args, model_path, padding_free=args.worker == "trl-padding-free")
-    else:
-        raise SystemExit(f"unknown side {args.worker}")
-    common.write_result(args.result, result)
-
-
-def main() -> None:
-    parser = common.common_parser(__doc__.splitlines()[0], steps=20, batch=8, seq_len=1024)
-    parser.add_argument("--rows", type=int, default=None,
-                        help="redone packed rows per step (default: about the real tokens of --batch examples)")
-    parser.add_argument("--sides", default="redone,trl-padded,trl-padding-free",
-                        help=f"comma-separated subset of {','.join(SIDES)}")
-    args = parser.parse_args()
-    if args.worker:
-        return worker(args)
-    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
-    if set(sides) - set(SIDES) or "redone" not in sides:
-        parser.error(f"--sides must include redone and only use {SIDES} (got {sides})")
-    scratch = Path(args.scratch)
-    (scratch / "runs").mkdir(parents=True, exist_ok=True)
-    model_path = common.resolve_bench_model(args.model, args.scratch)
-    argv = list(sys.argv[1:])
-    if args.rows is None:
-        args.rows = default_rows(args, model_path)
-        argv += ["--rows", str(args.rows)]
-    print(f"[bench_sft] model={args.model} steps={args.steps} (warm-up {args.warmup} untimed) "
-          f"trl batch={args.batch} examples, redone {args.rows}x{args.seq_len} packed rows, "
-          f"threads={args.threads} repeats={args.repeats}", flush=True)
-    runs = common.run_interleaved(__file__, sides, argv, args.threads, args.repeats, scratch / "logs")
-    med = common.medians(runs)
-    targets = {side: target for side, target in (("trl-padded", (2.5, "issue 4")),
-                                                 ("trl-padding-free", (1.2, "issue 4"))) if side in sides}
-    verdict = common.print_table(
-        f"SFT, model {args.model}, TRL {args.batch} examples/step vs redone {args.rows}x{args.seq_len} packed, "
-        f"{args.steps} steps ({args.warmup} warm-up), {args.threads} torch thread(s)", med, "redone", targets)
-    if "trl-padding-free" in sides:
-        ours, theirs = med["redone"]["peak_rss_bytes"], med["trl-padding-free"]["peak_rss_bytes"]
-        ok = ours <= theirs
-        verdict["verdicts"]["rss"] = ok
-        print(f"- peak RSS redone {common.gib(ours)} vs trl-padding-free {common.gib(theirs)} "
-              f"(target: no higher): {'MET' if ok else 'MISSED'}")
-    print("\n(speed-up = redone tokens/s / that run's tokens/s; RSS = each run's own process peak)")
-    common.save_json(args.json_out, {"args": vars(args), "runs": runs, "medians": med, **verdict})
+    if impl in ("redone", "redone-padded"):
+        return run_redone(args, precision, model_path, packing=impl == "redone")
+    if impl in ("trl", "trl-padding-free"):
+        return run_trl(args, precision, model_path, padding_free=impl == "trl-padding-free")
+    raise SystemExit(f"unknown side {args.worker}")
 
 
 if __name__ == "__main__":
-    main()
+    common.workload_main(sys.modules[__name__], steps=20, batch=8, seq_len=1024)
