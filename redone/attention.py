@@ -44,12 +44,15 @@ def segment_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     positions = positions.expand(query.shape[0], -1)
     rows = []
-    for b in range(query.shape[0]):
+    # unbind/split rather than one slice per segment: a slice's backward allocates a zero tensor the size
+    # of the whole row and adds it into the gradient (S segments -> S full-size zeros + adds per layer,
+    # which was most of a CPT step on short documents); split's backward is one concatenation.
+    for b, (q, k, v) in enumerate(zip(query.unbind(0), key.unbind(0), value.unbind(0))):
         bounds = segment_starts(positions[b])
-        pieces = [F.scaled_dot_product_attention(query[b:b + 1, :, s:e], key[b:b + 1, :, s:e],
-                                                 value[b:b + 1, :, s:e], dropout_p=dropout, is_causal=True,
+        lengths = [e - s for s, e in zip(bounds, bounds[1:])]
+        pieces = [F.scaled_dot_product_attention(qs[None], ks[None], vs[None], dropout_p=dropout, is_causal=True,
                                                  scale=scaling)
-                  for s, e in zip(bounds, bounds[1:])]
+                  for qs, ks, vs in zip(q.split(lengths, dim=1), k.split(lengths, dim=1), v.split(lengths, dim=1))]
         rows.append(torch.cat(pieces, dim=2))
     return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
 

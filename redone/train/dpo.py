@@ -13,7 +13,8 @@ pairs, packed micro-batches) is ``redone.data.dpo``. This module is the loss and
   resume and reruns; under several processes each computes a share and they are summed. No
   reference model is resident during training.
 - ``RejectedSampler`` (``data.sample_rejected``): answers sampled from the starting model for task
-  prompts, through the shared generator (``redone.eval.generate``), handed to the data path.
+  prompts, through the shared generator (``redone.eval.generate.HFGenerator``, seeded), handed to the
+  data path.
 - Metrics per task: ``loss/``, ``reward_accuracy/``, ``reward_chosen/``, ``reward_rejected/``,
   ``reward_margin/``, ``logp_chosen/``, ``logp_rejected/``, ``pairs/``, ``tokens/``; held-out pairs
   (``data.eval_holdout`` per task) give the same metrics with an ``eval_`` prefix, per task and over
@@ -245,6 +246,7 @@ class RejectedSampler:
     def __init__(self, config: DPOConfig, tokenizer):
         self.config, self.tokenizer, self.model = config, tokenizer, None
         self._fingerprint: str | None = None
+        self.rng: torch.Generator | None = None
 
     def key_parts(self) -> dict:
         from redone.model import fingerprint_model_dir, resolve_model
@@ -252,38 +254,31 @@ class RejectedSampler:
         if self._fingerprint is None:
             self._fingerprint = fingerprint_model_dir(resolve_model(self.config.model.name_or_path))
         data = self.config.data
-        return {"model": self._fingerprint, "n": data.sample_rejected, "max_new_tokens": data.sample_max_new_tokens,
+        return {"model": self._fingerprint, "sampler": "eval.generate", "n": data.sample_rejected, "max_new_tokens": data.sample_max_new_tokens,
                 "seed": self.config.seed}
 
     @torch.no_grad()
     def __call__(self, prompts: list[list[dict]]) -> list[list[str]]:
-        from redone.data.chat import render
+        from redone.eval.generate import HFGenerator, Request, Sampling
         from redone.model import load_model
 
+        data = self.config.data
         if self.model is None:
             from redone.distributed import zero3_init_disabled
 
             with zero3_init_disabled():  # ZeRO-3: a whole copy to sample from, not zero.Init shards
                 self.model = load_model(self.config.model.name_or_path, attn_implementation="sdpa",
                                         trust_remote_code=self.config.model.trust_remote_code).eval()
-            torch.manual_seed(self.config.seed)
-        data, tokenizer = self.config.data, self.tokenizer
-        side, tokenizer.padding_side = tokenizer.padding_side, "left"
-        answers: list[list[str]] = []
-        try:
-            for start in range(0, len(prompts), self.batch_size):
-                texts = [render(tokenizer, p, add_generation_prompt=True) for p in prompts[start:start + self.batch_size]]
-                enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
-                out = self.model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                                          max_new_tokens=data.sample_max_new_tokens,
-                                          num_return_sequences=data.sample_rejected,
-                                          pad_token_id=tokenizer.pad_token_id)
-                decoded = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-                n = data.sample_rejected
-                answers += [[d.strip() for d in decoded[k * n:(k + 1) * n]] for k in range(len(texts))]
-        finally:
-            tokenizer.padding_side = side
-        return answers
+            # One seeded generator for the whole sampling pass: the same pairs on every rerun.
+            self.rng = torch.Generator().manual_seed(self.config.seed)
+        # The eval/RL generator: KV cache, left padding, the model's own stop tokens, n samples a prompt.
+        generator = HFGenerator(self.model, self.tokenizer, batch_size=self.batch_size, progress=False,
+                                sampling=Sampling(temperature=1.0, top_p=1.0, top_k=0, n=data.sample_rejected),
+                                rng=self.rng)
+        requests = [Request(str(i), messages, data.sample_max_new_tokens) for i, messages in enumerate(prompts)]
+        out = generator.generate(requests)
+        n = data.sample_rejected
+        return [[g.text.strip() for g in out[k * n:(k + 1) * n]] for k in range(len(prompts))]
 
     def close(self) -> None:
         self.model = None
