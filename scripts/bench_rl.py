@@ -124,8 +124,8 @@ def run_redone(args, model_path: str) -> dict:
         meter.train_tokens[-1] += out.real_tokens
         return out
 
-    def ticking_record_step(state, step_meter, accelerator):
-        record_step(state, step_meter, accelerator)
+    def ticking_record_step(*args, **kwargs):  # pass-through: the loop's helper may gain arguments
+        record_step(*args, **kwargs)
         meter.tick()
 
     rl_stage.HFBackend.sample, rl_stage.RLStage.loss, loop.record_step = timed_sample, counted_loss, ticking_record_step
