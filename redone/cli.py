@@ -23,7 +23,7 @@ import os
 import sys
 from pathlib import Path
 
-from redone.errors import RedoneError
+from redone.errors import RedoneError, report_errors
 from redone.stages import STAGE_NAMES
 
 
@@ -188,35 +188,26 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. User errors print ONE line (``redone: error: ...``) to stderr and return 1."""
     _offline_defaults()
     args = build_parser().parse_args(argv)
-    try:
-        # --config is the user's path into every command: check it here, once, so a directory, a missing
-        # file or non-UTF-8 bytes are one line naming the file (and line), whichever command reads it.
-        config_path = getattr(args, "config", None)
-        if config_path is not None:
-            path = Path(config_path)
-            if not path.exists():
-                raise RedoneError(f"--config: {path} not found")
-            if path.is_dir():
-                raise RedoneError(f"--config: {path} is a directory, not a YAML file")
-            raw = path.read_bytes()
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                line = raw[: err.start].count(b"\n") + 1
-                raise RedoneError(f"--config: {path}:{line}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
-        return args.func(args)
-    except RedoneError as err:
-        print(f"redone: error: {err}", file=sys.stderr)
-        return 1
-    except OSError as err:
-        # Last resort: a file-system error on a path no check above covered (an --out under a file, a
-        # disk that filled while writing a log). It names the file; a traceback would add nothing.
-        where = f"{err.filename}: " if err.filename else ""
-        print(f"redone: error: {where}{err.strerror or err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("redone: interrupted", file=sys.stderr)
-        return 130
+    return report_errors(run_command, args)
+
+
+def run_command(args) -> int:
+    # --config is the user's path into every command: check it here, once, so a directory, a missing
+    # file or non-UTF-8 bytes are one line naming the file (and line), whichever command reads it.
+    config_path = getattr(args, "config", None)
+    if config_path is not None:
+        path = Path(config_path)
+        if not path.exists():
+            raise RedoneError(f"--config: {path} not found")
+        if path.is_dir():
+            raise RedoneError(f"--config: {path} is a directory, not a YAML file")
+        raw = path.read_bytes()
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            line = raw[: err.start].count(b"\n") + 1
+            raise RedoneError(f"--config: {path}:{line}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
+    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from redone.errors import DataError, RedoneError
+from redone.errors import DataError, RedoneError, report_errors
 
 FORMAT = "redone-predict/1"
 INPUT_FORMATS = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".tsv": "tsv"}
@@ -680,20 +680,7 @@ def standalone(argv: list[str] | None, prog: str, add: Callable, func: Callable)
         os.environ.setdefault(key, value)
     parser = argparse.ArgumentParser(prog=prog)
     add(parser)
-    args = parser.parse_args(argv)
-    try:
-        return func(args)
-    except RedoneError as err:
-        print(f"redone: error: {err}", file=sys.stderr)
-        return 1
-    except OSError as err:
-        where = f"{err.filename}: " if err.filename else ""
-        print(f"redone: error: {where}{err.strerror or err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("redone: interrupted", file=sys.stderr)
-        return 130
-
+    return report_errors(func, parser.parse_args(argv))
 
 if __name__ == "__main__":
     sys.exit(standalone(None, "redone predict", add_arguments, run))

@@ -111,7 +111,7 @@ def run(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     import os
 
-    from redone.errors import RedoneError
+    from redone.errors import report_errors
 
     for key, value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("WANDB_MODE", "offline"),
                        ("TOKENIZERS_PARALLELISM", "false")):
@@ -119,11 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="redone")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["mix", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except RedoneError as err:
-        print(f"redone: error: {err}", file=sys.stderr)
-        return 1
+    return report_errors(args.func, args)
 
 
 if __name__ == "__main__":
