@@ -23,6 +23,7 @@ import os
 import sys
 from pathlib import Path
 
+from redone.allocator import tune_malloc
 from redone.errors import RedoneError, report_errors
 from redone.stages import STAGE_NAMES
 
@@ -187,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command. User errors print ONE line (``redone: error: ...``) to stderr and return 1."""
     _offline_defaults()
+    tune_malloc()  # before the first large tensor: eval and data prep allocate too (redone/allocator.py)
     args = build_parser().parse_args(argv)
     return report_errors(run_command, args)
 

@@ -81,8 +81,23 @@ def split_side(side: str) -> tuple[str, str]:
     return impl, precision
 
 
+def master_precision(impl: str, precision: str) -> str:
+    """The train.precision of a redone side: ``redone-master@bf16`` trains with bf16 weights and fp32
+    master weights (train.precision=bf16-master); it is compared with the peers' bf16 autocast rows."""
+    if not impl.endswith("-master"):
+        return precision
+    if precision != "bf16":
+        raise SystemExit(f"side '{impl}@{precision}': bf16-master sides only exist at @bf16")
+    return "bf16-master"
+
+
+def precision_note(precision: str) -> str:
+    return {"bf16": "bf16 autocast", "bf16-master": "bf16 weights + fp32 master"}.get(precision, "fp32")
+
+
 def sides_for(implementations: list[str], precisions: list[str]) -> list[str]:
-    return [f"{impl}@{p}" for p in precisions for impl in implementations]
+    return [f"{impl}@{p}" for p in precisions for impl in implementations
+            if p == "bf16" or not impl.endswith("-master")]
 
 
 def set_threads(threads: int) -> None:

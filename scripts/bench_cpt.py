@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as common  # noqa: E402
 
 WORKLOAD = "cpt"
-IMPLEMENTATIONS = ("redone", "hf-trainer", "redone-crossdoc")
+IMPLEMENTATIONS = ("redone", "hf-trainer", "redone-crossdoc", "redone-master")
 DEFAULT_IMPLEMENTATIONS = ("redone", "hf-trainer")
 TARGETS = (("hf-trainer", 1.2, "issue 15"),)
 FULL = {"steps": 3, "batch": 2, "seq_len": 512}
@@ -68,7 +68,7 @@ def run_redone(args, precision: str, model_path: str, cross_document: bool) -> d
     result = common.run_redone_stage("cpt", CPTStage, args, precision, model_path, cpt_sources(), {
         "data.cross_document_attention": str(cross_document).lower(), "train.micro_batch_size": args.batch})
     result["notes"] = (f"packed, {'cross-document' if cross_document else 'per-document'} attention, fused adamw, "
-                       f"{'bf16 autocast' if precision == 'bf16' else 'fp32'}")
+                       f"{common.precision_note(precision)}")
     return result
 
 
@@ -130,8 +130,9 @@ def worker(args) -> dict:
     impl, precision = common.split_side(args.worker)
     common.set_threads(args.threads)
     model_path = common.resolve_bench_model(args.model, args.scratch)
-    if impl in ("redone", "redone-crossdoc"):
-        return run_redone(args, precision, model_path, cross_document=impl == "redone-crossdoc")
+    if impl in ("redone", "redone-crossdoc", "redone-master"):
+        return run_redone(args, common.master_precision(impl, precision), model_path,
+                          cross_document=impl == "redone-crossdoc")
     if impl == "hf-trainer":
         return run_hf_trainer(args, precision, model_path)
     raise SystemExit(f"unknown side {args.worker}")

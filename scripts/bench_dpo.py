@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as common  # noqa: E402
 
 WORKLOAD = "dpo"
-IMPLEMENTATIONS = ("redone", "trl", "trl-precompute", "redone-unshared")
+IMPLEMENTATIONS = ("redone", "trl", "trl-precompute", "redone-unshared", "redone-master")
 DEFAULT_IMPLEMENTATIONS = ("redone", "trl", "trl-precompute")
 THROUGHPUT = "pairs"
 TARGETS = (("trl", 3.0, "issue 15"),)
@@ -114,7 +114,7 @@ def run_redone(args, precision: str, model_path: str, share_prompt: bool | None)
     result = common.run_redone_stage("dpo", DPOStage, args, precision, model_path, [source], extra,
                                      units_per_step=args.batch)
     result["notes"] = (f"reference pass before step 1, {'prompt twice' if share_prompt is False else 'shared prompt'}"
-                       f", fused adamw, {'bf16 autocast' if precision == 'bf16' else 'fp32'}")
+                       f", fused adamw, {common.precision_note(precision)}")
     return result
 
 
@@ -146,8 +146,9 @@ def worker(args) -> dict:
     impl, precision = common.split_side(args.worker)
     common.set_threads(args.threads)
     model_path = common.resolve_bench_model(args.model, args.scratch)
-    if impl in ("redone", "redone-unshared"):
-        return run_redone(args, precision, model_path, share_prompt=None if impl == "redone" else False)
+    if impl in ("redone", "redone-unshared", "redone-master"):
+        return run_redone(args, common.master_precision(impl, precision), model_path,
+                          share_prompt=False if impl == "redone-unshared" else None)
     if impl in ("trl", "trl-precompute"):
         return run_trl(args, precision, model_path, precompute=impl == "trl-precompute")
     raise SystemExit(f"unknown side {args.worker}")

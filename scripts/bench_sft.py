@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as common  # noqa: E402
 
 WORKLOAD = "sft"
-IMPLEMENTATIONS = ("redone", "trl", "trl-padding-free", "redone-padded")
+IMPLEMENTATIONS = ("redone", "trl", "trl-padding-free", "redone-padded", "redone-master")
 DEFAULT_IMPLEMENTATIONS = ("redone", "trl", "trl-padding-free")
 # (peer, minimum redone/peer ratio of real tokens per second, where the target comes from)
 TARGETS = (("trl", 3.0, "issue 15"), ("trl-padding-free", 1.5, "issue 15"))
@@ -108,7 +108,7 @@ def run_redone(args, precision: str, model_path: str, packing: bool) -> dict:
         "data.overlong": "drop", "data.loss_on": "assistant", "data.prompt_style": "redone",
         "data.packing": str(packing).lower(), "train.micro_batch_size": args.rows if packing else args.batch})
     result["notes"] = (f"packed {args.rows}x{args.seq_len}" if packing else "padded") + \
-        f", fused adamw, {'bf16 autocast' if precision == 'bf16' else 'fp32'}"
+        f", fused adamw, {common.precision_note(precision)}"
     return result
 
 
@@ -146,8 +146,8 @@ def worker(args) -> dict:
     impl, precision = common.split_side(args.worker)
     common.set_threads(args.threads)
     model_path = common.resolve_bench_model(args.model, args.scratch)
-    if impl in ("redone", "redone-padded"):
-        return run_redone(args, precision, model_path, packing=impl == "redone")
+    if impl in ("redone", "redone-padded", "redone-master"):
+        return run_redone(args, common.master_precision(impl, precision), model_path, packing=impl != "redone-padded")
     if impl in ("trl", "trl-padding-free"):
         return run_trl(args, precision, model_path, padding_free=impl == "trl-padding-free")
     raise SystemExit(f"unknown side {args.worker}")

@@ -191,7 +191,9 @@ class TrainSection:
     max_steps: int = 100
     micro_batch_size: int = 4  # rows (cpt/sft) or pairs (dpo) per process per micro-batch
     grad_accum: int = 1
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 (autocast over fp32 weights) | bf16-master (bf16
+    # weights and gradients, fp32 master weights + AdamW state in the optimizer; single process / DDP)
+    precision: str = "auto"
     log_every: int = 10
     save_every: int = 100
     keep_last: int = 2
@@ -367,13 +369,19 @@ class RLData(DataSection):
     """``data`` of the rl stage: prompts (not answers) from task sources; see redone/data/rl.py."""
 
     sources: list[RLSource] = field(default_factory=list)
-    prompt_style: str = "redone"  # redone | official (SNS task prompts, as in sft and eval)
+    # redone | official | mixed (SNS task prompts, as in sft: mixed gives each item the official wording
+    # with probability official_share, by a hash of the component, item and seed)
+    prompt_style: str = "redone"
+    official_share: float = 0.5
     max_prompt_chars: Optional[int] = None  # clip long note fields (head 2/3 + tail 1/3), as sft/eval
     # Prompts per task held out (never sampled for training) for the greedy eval_reward/<task> every
     # train.eval_every steps.
     eval_holdout: int = 0
     # A prompt whose tokens plus its answer budget exceed data.seq_len: drop (counted) | error.
     overlong: str = "drop"
+    # Items sharing an n-gram with an eval set are dropped (counted per component and eval set), with the
+    # same rules as sft's data.decontam; eval_sets: [] turns it off.
+    decontam: QualityDecontam = field(default_factory=QualityDecontam)
 
 
 @dataclass

@@ -76,6 +76,7 @@ def check_sft_data(config: RunConfig) -> None:
     _one_of("data.prompt_style", config.data.prompt_style, ("redone", "official", "mixed"))
     if not 0.0 <= config.data.official_share <= 1.0:
         raise ConfigError(f"data.official_share: must be in [0, 1] (got {config.data.official_share})")
+    check_quality_decontam(config.data.decontam, "data.decontam")
 
 
 def check_optim(config: RunConfig) -> None:
@@ -99,7 +100,7 @@ def check_train(config: RunConfig) -> None:
     for key in ("max_steps", "micro_batch_size", "grad_accum", "log_every", "save_every", "keep_last"):
         if getattr(train, key) < 1:
             raise ConfigError(f"train.{key}: must be >= 1 (got {getattr(train, key)})")
-    _one_of("train.precision", train.precision, ("auto", "fp32", "bf16"))
+    _one_of("train.precision", train.precision, ("auto", "fp32", "bf16", "bf16-master"))
     resume = train.resume
     if not (resume is False or resume is None or isinstance(resume, str)):
         raise ConfigError(f"train.resume: must be auto, false or a checkpoint path (got {resume!r})")
@@ -193,11 +194,11 @@ def check_quality_dedup(d: QualityDedup) -> None:
              f"must look like 'word3' or 'char5', got {d.shingle!r}")
 
 
-def check_quality_decontam(d: QualityDecontam) -> None:
-    _require(d.ngram >= 1, f"{_DECONTAM}.ngram", "must be >= 1")
-    _require(d.min_overlap >= 1, f"{_DECONTAM}.min_overlap", "must be >= 1")
-    _require(1 <= d.min_item_tokens <= d.ngram, f"{_DECONTAM}.min_item_tokens", "must be in [1, ngram]")
-    _require(d.boilerplate_min_items == 0 or d.boilerplate_min_items >= 2, f"{_DECONTAM}.boilerplate_min_items",
+def check_quality_decontam(d: QualityDecontam, prefix: str = _DECONTAM) -> None:
+    _require(d.ngram >= 1, f"{prefix}.ngram", "must be >= 1")
+    _require(d.min_overlap >= 1, f"{prefix}.min_overlap", "must be >= 1")
+    _require(1 <= d.min_item_tokens <= d.ngram, f"{prefix}.min_item_tokens", "must be in [1, ngram]")
+    _require(d.boilerplate_min_items == 0 or d.boilerplate_min_items >= 2, f"{prefix}.boilerplate_min_items",
              "must be 0 (off) or >= 2")
 
 
@@ -216,7 +217,10 @@ def check_rl(config: RunConfig) -> None:
     if config.stage != "rl":
         return
     data = config.data
-    _one_of("data.prompt_style", data.prompt_style, ("redone", "official"))
+    _one_of("data.prompt_style", data.prompt_style, ("redone", "official", "mixed"))
+    if not 0.0 <= data.official_share <= 1.0:
+        raise ConfigError(f"data.official_share: must be in [0, 1] (got {data.official_share})")
+    check_quality_decontam(data.decontam, "data.decontam")
     _one_of("data.overlong", data.overlong, ("drop", "error"))
     if data.eval_holdout < 0:
         raise ConfigError(f"data.eval_holdout: must be >= 0 (got {data.eval_holdout})")

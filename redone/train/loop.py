@@ -6,8 +6,9 @@ Features
 - Gradient accumulation weighted by real units (tokens, or pairs for dpo): every micro-batch's loss
   sum is divided by the step's global unit count, so a step equals one big batch however it is split
   across micro-batches and processes.
-- AdamW, warmup + cosine/linear/constant, grad clipping, bf16 autocast (CUDA default) or fp32 (CPU
-  default), optional gradient checkpointing and LoRA.
+- AdamW, warmup + cosine/linear/constant, grad clipping, bf16 autocast (CUDA default), fp32 (CPU
+  default) or ``bf16-master`` (bf16 weights, fp32 master weights in the optimizer: no autocast casts),
+  optional gradient checkpointing and LoRA.
 - Logs loss, lr, grad-norm, tokens/s and per-source/task token counts and losses to the console
   (progress bar), ``output_dir/train_log.jsonl`` and wandb/tensorboard (``tracking.report_to``).
 - Checkpoints every ``save_every`` steps (see checkpoint.py); exact resume restores model, optimizer,
@@ -47,6 +48,7 @@ import torch
 from omegaconf import OmegaConf
 
 from redone import __version__
+from redone.allocator import tune_malloc
 from redone.card import write_model_card
 from redone.config.load import config_hash, config_to_dict, config_to_yaml, result_hash
 from redone.config.schema import RunConfig
@@ -58,7 +60,7 @@ from redone.distributed import (
     resolve_precision,
     zero3_init_disabled,
 )
-from redone.errors import RedoneError
+from redone.errors import ConfigError, RedoneError
 from redone.model import (
     apply_liger_kernels,
     apply_lora,
@@ -73,8 +75,10 @@ from redone.model import (
 )
 from redone.train import checkpoint as ckpt
 from redone.train.optim import (
+    build_master_optimizer,
     build_optimizer,
     build_scheduler,
+    cast_to_bf16_with_masters,
     implementation_kwargs,
     lr_factor,
     param_groups,
@@ -109,6 +113,7 @@ def run_training(config: RunConfig, stage_cls) -> Path | None:
     output_dir = Path(config.output_dir)
     resume_from, changes = check_output_dir(config, output_dir)
     check_model(config.model.name_or_path)  # a broken model dir fails now, not after the data is built
+    tune_malloc()  # glibc: keep a CPU run from slowing down step after step (redone/allocator.py)
     accelerator = make_accelerator(config)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
@@ -119,8 +124,12 @@ def run_training(config: RunConfig, stage_cls) -> Path | None:
     model = build_model(config, accelerator)
     stage.layout = batch_layout(config, model)
     start_fingerprint = weights_fingerprint(model, accelerator)
+    masters = bf16_master_weights(config, accelerator, model)
     stage.prepare_model(model)  # dpo: reference log-probs, computed by the starting policy itself
-    optimizer = build_optimizer(model, config.optim)
+    if masters is not None:
+        optimizer = build_master_optimizer(model, config.optim, masters)
+    else:
+        optimizer = build_optimizer(model, config.optim)
     scheduler = build_scheduler(optimizer, config.optim, config.train.max_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
@@ -142,9 +151,25 @@ def run_training(config: RunConfig, stage_cls) -> Path | None:
     if not finished:
         end_run(accelerator)
         return None
+    if masters is not None:  # final/ from the fp32 masters, not the bf16 copies the steps ran on
+        getattr(optimizer, "optimizer", optimizer).restore_fp32()
     final = save_final(config, accelerator, model, tokenizer, stage, state)
     end_run(accelerator)  # not end_training(): a pipeline's next stage reuses the process group
     return final
+
+
+def bf16_master_weights(config: RunConfig, accelerator, model) -> dict | None:
+    """``train.precision: bf16-master``: cast the model's weights to bf16, return their fp32 masters."""
+    if resolve_precision(config.train.precision) != "bf16-master":
+        return None
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+        # Both keep their own fp32 master weights under bf16: a second copy here would fight them.
+        raise ConfigError(f"train.precision: bf16-master is for single-process and DDP runs; under "
+                          f"{accelerator.distributed_type.value} use train.precision=bf16 (it keeps fp32 "
+                          "master weights itself)")
+    return cast_to_bf16_with_masters(model)
 
 
 def weights_fingerprint(model, accelerator) -> str | None:
@@ -281,10 +306,11 @@ def make_accelerator(config: RunConfig):
     if "wandb" in config.tracking.report_to:
         os.environ.setdefault("WANDB_MODE", config.tracking.wandb_mode)
     precision = resolve_precision(config.train.precision)
-    if precision == "bf16" and not torch.cuda.is_available() and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        # Honoured (autocast still runs), but without oneDNN's bf16 kernels it is slower than fp32: say so.
-        print("[redone] train.precision=bf16 on a CPU without native bf16 support (AVX-512/AMX): autocast is "
-              "emulated and slower than fp32; set train.precision=fp32 on this machine", flush=True)
+    if precision.startswith("bf16") and not torch.cuda.is_available() and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        # Honoured (bf16 still runs), but without oneDNN's bf16 kernels it is slower than fp32: say so.
+        print(f"[redone] train.precision={precision} on a CPU without native bf16 support (AVX-512/AMX): bf16 "
+              "math is emulated and slower than fp32; set train.precision=fp32 on this machine", flush=True)
+    # bf16-master runs bf16 weights directly: no autocast (its per-op casts are what it saves).
     return Accelerator(
         gradient_accumulation_steps=config.train.grad_accum,
         mixed_precision="bf16" if precision == "bf16" else "no",
