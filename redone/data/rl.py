@@ -12,11 +12,15 @@ Components (one per task file / direction / user file; each is a mixture compone
   that is registered on the spot): one component named after the source. A JSON file named after a
   task (``Note-Gender.json``, a TransBench file) needs no ``task:``.
 Prompts come from the same builder as SFT and evaluation (``redone.sns.tasks.prompt_messages``, with
-``data.prompt_style`` and ``data.max_prompt_chars``), rendered with the tokenizer's chat template
+``data.prompt_style`` -- redone, official or mixed per item as in SFT -- and ``data.max_prompt_chars``), rendered with the tokenizer's chat template
 (``add_generation_prompt``) and tokenized exactly as ``redone.eval.generate`` does, so the policy is
 trained on the prompts it is evaluated on. A prompt's answer budget is its task's ``max_new_tokens``,
 capped by ``rl.max_new_tokens``; a prompt whose tokens plus budget exceed ``data.seq_len`` is dropped
 (counted) or refused (``data.overlong: error``).
+
+Decontamination (``data.decontam``, on by default against the SNS-Bench and TransBench test sets, the
+rules of SFT's): an item sharing an n-gram with an eval set is dropped before its prompt is built,
+counted per component (``dropped_decontaminated``, ``decontaminated_by``) with the eval items affected.
 
 ``data.eval_holdout`` prompts per component are held out by a seeded permutation (never sampled for
 training) for the greedy held-out reward. Mixing: ratio (a source's weight split over its components by
@@ -39,7 +43,9 @@ import numpy as np
 
 from redone.config.schema import RLConfig, RLSource
 from redone.data.chat import render
+from redone.data.decontam import affected_eval_items, screen
 from redone.data.mixture import MixtureSampler, mixture_probs, split_source_weights
+from redone.data.sft import item_styles, item_text
 from redone.data.sources import detect_format, read_records, source_digest, source_name
 from redone.data.stage_data import StageData
 from redone.errors import DataError
@@ -111,7 +117,9 @@ def build_rl_data(config: RLConfig, tokenizer) -> RLPrompts:
     check_unique_names(raw)
     components, train, held_out = [], [], {}
     for k, component in enumerate(raw):
+        decontaminated = decontaminate_items(component, data.decontam)
         prompts, counts = encode_component(component, k, tokenizer, config)
+        counts.update(decontaminated)
         train_part, held_part = split_prompts(prompts, data.eval_holdout, config.seed, component.name)
         train.append(train_part)
         if held_part:
@@ -219,15 +227,33 @@ def answer_budget(task: str, cap: int | None) -> int:
     return min(budget, cap) if cap else budget
 
 
+def decontaminate_items(component: RawComponent, cfg) -> dict:
+    """Drop the component's items that share an n-gram with an eval set; the counts for its report."""
+    texts = [item_text(item) for _, item, _ in component.items]
+    kept, dropped = screen(texts, cfg)
+    if not dropped:
+        return {"dropped_decontaminated": 0}
+    keep = set(kept)
+    affected = affected_eval_items([t for i, t in enumerate(texts) if i not in keep], cfg)
+    component.items = [component.items[i] for i in kept]
+    if not component.items:
+        raise DataError(f"{component.where}: every item of '{component.name}' overlaps an eval set (data.decontam)")
+    return {"dropped_decontaminated": sum(dropped.values()), "decontaminated_by": dict(sorted(dropped.items())),
+            "eval_items_affected": affected}
+
+
 def encode_component(component: RawComponent, k: int, tokenizer, config: RLConfig) -> tuple[list[Prompt], dict]:
     """Every item of a component as a ``Prompt``; over-long prompts dropped (counted) or refused."""
     data, counts = config.data, Counter()
     prompts = []
+    # The item's index in its file keys its style, so dropping other items never changes it.
+    styles = item_styles(data.prompt_style, data.official_share, component.name,
+                         1 + max((index for index, _, _ in component.items), default=0), config.seed)
     for index, item, where in component.items:
-        task = component.task
+        task, style = component.task, styles[index]
         clipped = sns_tasks.clip_item(task, item, data.max_prompt_chars)
-        messages = sns_tasks.prompt_messages(task, clipped, data.prompt_style, where=where)
-        sns_tasks.answer_text(task, item, data.prompt_style, where=where)  # the reward needs a valid gold
+        messages = sns_tasks.prompt_messages(task, clipped, style, where=where)
+        sns_tasks.answer_text(task, item, style, where=where)  # the reward needs a valid gold
         ids = list(tokenizer(render(tokenizer, messages, add_generation_prompt=True),
                              add_special_tokens=False)["input_ids"])
         budget = answer_budget(task, config.rl.max_new_tokens)

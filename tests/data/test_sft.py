@@ -72,3 +72,44 @@ def test_mixed_prompt_style_gives_each_item_one_stable_style(tiny_model_dir, tmp
     expected = item_styles("mixed", 0.5, "Note-Gender", 40, 0)
     short, long_ = min(lengths), max(lengths)
     assert [("official" if n == long_ else "redone") for n in lengths] == expected and long_ > 2 * short
+
+
+def rl_overrides(tiny_model_dir, tmp_path, folder, **extra) -> list[str]:
+    items = {"output_dir": tmp_path / "rl", "model.name_or_path": tiny_model_dir, "data.seq_len": 1024,
+             "data.sources": f"[{{name: sns, path: {folder}, format: sns_bench}}]",
+             "data.decontam.eval_sets": f"[{DATA}/sns_bench/test]", "rl.group_size": 2,
+             "train.micro_batch_size": 2, **extra}
+    return [f"{k}={v}" for k, v in items.items()]
+
+
+def test_rl_drops_and_counts_a_planted_test_item(tiny_model_dir, tmp_path, planted):
+    from redone.data.rl import build_rl_data
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    data = build_rl_data(load_config("rl", None, rl_overrides(tiny_model_dir, tmp_path, planted)), tokenizer)
+    info = data.components[0]
+    assert (info["items"], info["dropped_decontaminated"]) == (6, 1)
+    assert info["decontaminated_by"] == {"sns_bench/Note-Gender": 1}
+    assert info["eval_items_affected"].get("sns_bench/Note-Gender", 0) >= 1
+    assert 6 not in {p.index for p in data.prompts[0]}  # the planted item (index 6) is gone
+    off = build_rl_data(load_config("rl", None, rl_overrides(tiny_model_dir, tmp_path, planted,
+                                                            **{"data.decontam.eval_sets": "[]"})), tokenizer)
+    assert (off.components[0]["items"], off.components[0]["dropped_decontaminated"]) == (7, 0)
+
+
+def test_rl_mixed_prompt_style_follows_the_item_hash(tiny_model_dir, tmp_path):
+    from redone.data.rl import build_rl_data
+    from redone.data.sft import item_styles
+
+    folder = DATA / "sns_bench" / "train"
+    source = f"[{{name: sns, path: {folder}, format: sns_bench, tasks: [Note-Gender], limit: 30}}]"
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    built = {style: build_rl_data(load_config("rl", None, rl_overrides(
+        tiny_model_dir, tmp_path, folder, **{"data.prompt_style": style, "data.sources": source,
+                                             "data.decontam.eval_sets": "[]"})), tokenizer)
+        for style in ("redone", "official", "mixed")}
+    expected = item_styles("mixed", 0.5, "Note-Gender", 30, 0)
+    assert 5 < expected.count("official") < 25
+    by_style = {style: {p.index: p.ids for p in data.prompts[0]} for style, data in built.items()}
+    for index, ids in by_style["mixed"].items():
+        assert ids == by_style[expected[index]][index], index
