@@ -75,7 +75,6 @@ from redone.model import (
 )
 from redone.train import checkpoint as ckpt
 from redone.train.optim import (
-    build_master_optimizer,
     build_optimizer,
     build_scheduler,
     cast_to_bf16_with_masters,
@@ -126,10 +125,7 @@ def run_training(config: RunConfig, stage_cls) -> Path | None:
     start_fingerprint = weights_fingerprint(model, accelerator)
     masters = bf16_master_weights(config, accelerator, model)
     stage.prepare_model(model)  # dpo: reference log-probs, computed by the starting policy itself
-    if masters is not None:
-        optimizer = build_master_optimizer(model, config.optim, masters)
-    else:
-        optimizer = build_optimizer(model, config.optim)
+    optimizer = build_optimizer(model, config.optim, masters)
     scheduler = build_scheduler(optimizer, config.optim, config.train.max_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 

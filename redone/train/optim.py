@@ -62,16 +62,13 @@ def implementation_kwargs(implementation: str, params: list[torch.Tensor]) -> di
     return {"foreach": False, "fused": True}
 
 
-def build_optimizer(model: torch.nn.Module, optim: OptimSection) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, optim: OptimSection, masters: dict | None = None) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; with ``masters`` (bf16-master) over their fp32 copies."""
     groups = param_groups(model, optim.weight_decay)
-    kwargs = implementation_kwargs(optim.implementation, [p for g in groups for p in g["params"]])
-    return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, **kwargs)
-
-
-def build_master_optimizer(model: torch.nn.Module, optim: OptimSection, masters: dict) -> MasterWeightsAdamW:
-    groups = param_groups(model, optim.weight_decay)
-    kwargs = implementation_kwargs(optim.implementation, [masters[p] for g in groups for p in g["params"]])
-    return MasterWeightsAdamW(groups, masters, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, **kwargs)
+    stepped = [masters[p] if masters else p for g in groups for p in g["params"]]
+    kwargs = dict(lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
+                  **implementation_kwargs(optim.implementation, stepped))
+    return MasterWeightsAdamW(groups, masters, **kwargs) if masters else torch.optim.AdamW(groups, **kwargs)
 
 
 def cast_to_bf16_with_masters(model: torch.nn.Module) -> dict[torch.nn.Parameter, torch.Tensor]:
@@ -84,7 +81,7 @@ def cast_to_bf16_with_masters(model: torch.nn.Module) -> dict[torch.nn.Parameter
     for param in model.parameters():  # tied weights appear once
         if not torch.is_floating_point(param) or param.dtype == torch.bfloat16:
             raise ConfigError(f"train.precision: bf16-master needs fp32 weights to start from (found {param.dtype})")
-        masters[param] = param.detach().clone()
+        masters[param] = param.data  # the fp32 storage itself: no second fp32 copy of the model
         param.data = param.data.to(torch.bfloat16)
     return masters
 
@@ -138,7 +135,7 @@ class MasterWeightsAdamW(torch.optim.AdamW):
     def restore_fp32(self) -> None:
         """Put the fp32 masters back into the model (before writing final/): the model ends fp32."""
         for param, master in self.all_masters.items():
-            param.data = master.detach().clone()
+            param.data = master  # training is over: the model may share the optimizer's storage
 
 
 def warmup_steps(optim: OptimSection, max_steps: int) -> int:

@@ -14,7 +14,7 @@ from redone.model import load_model
 from redone.stages import load_config
 from redone.train.cpt import CPTStage
 from redone.train.loop import run_training
-from redone.train.optim import build_master_optimizer, build_optimizer, cast_to_bf16_with_masters
+from redone.train.optim import build_optimizer, cast_to_bf16_with_masters
 from tests.conftest import cpt_overrides
 
 OPTIM = OptimSection(lr=1e-2, betas=[0.9, 0.95], eps=1e-8, weight_decay=0.1)
@@ -33,7 +33,7 @@ def test_step_is_adamw_on_the_fp32_masters_rounded_into_the_model(tiny_model_dir
     masters = cast_to_bf16_with_masters(model)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert all(m.dtype == torch.float32 for m in masters.values())
-    optimizer = build_master_optimizer(model, OPTIM, masters)
+    optimizer = build_optimizer(model, OPTIM, masters)
     ref_optimizer = build_optimizer(reference, OPTIM)
     for grads in fixed_grads(model, 3):
         for p, r, g in zip(model.parameters(), reference.parameters(), grads):
@@ -51,7 +51,7 @@ def test_step_is_adamw_on_the_fp32_masters_rounded_into_the_model(tiny_model_dir
 def test_state_dict_carries_the_masters_and_restores_them(tiny_model_dir):
     model = load_model(str(tiny_model_dir), attn_implementation="sdpa")
     masters = cast_to_bf16_with_masters(model)
-    optimizer = build_master_optimizer(model, OPTIM, masters)
+    optimizer = build_optimizer(model, OPTIM, masters)
     grads = fixed_grads(model, 4)
 
     def step(opt, mdl, g):
@@ -68,7 +68,7 @@ def test_state_dict_carries_the_masters_and_restores_them(tiny_model_dir):
         step(optimizer, model, g)
 
     fresh = load_model(str(tiny_model_dir), attn_implementation="sdpa")
-    fresh_optimizer = build_master_optimizer(fresh, OPTIM, cast_to_bf16_with_masters(fresh))
+    fresh_optimizer = build_optimizer(fresh, OPTIM, cast_to_bf16_with_masters(fresh))
     buffer.seek(0)
     fresh_optimizer.load_state_dict(torch.load(buffer, weights_only=True))
     for g in grads[2:]:
