@@ -309,6 +309,15 @@ def screen(texts: list[str], cfg: QualityDecontam) -> tuple[list[int], Counter]:
     return decontaminate(texts, cached_eval_index(cfg), cfg)
 
 
+def screen_counted(texts: list[str], cfg: QualityDecontam) -> tuple[list[int], Counter, dict[str, int]]:
+    """``screen`` plus, when anything was dropped, how many eval items the dropped texts touch."""
+    kept, dropped = screen(texts, cfg)
+    if not dropped:
+        return kept, dropped, {}
+    keep = set(kept)
+    return kept, dropped, affected_eval_items([t for i, t in enumerate(texts) if i not in keep], cfg)
+
+
 def affected_eval_items(dropped: list[str], cfg: QualityDecontam) -> dict[str, int]:
     """How many items of each eval set share an n-gram with the dropped training texts (the other
     direction of ``screen``): what the decontamination protected."""

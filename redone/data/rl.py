@@ -43,7 +43,7 @@ import numpy as np
 
 from redone.config.schema import RLConfig, RLSource
 from redone.data.chat import render
-from redone.data.decontam import affected_eval_items, screen
+from redone.data.decontam import screen_counted
 from redone.data.mixture import MixtureSampler, mixture_probs, split_source_weights
 from redone.data.sft import item_styles, item_text
 from redone.data.sources import detect_format, read_records, source_digest, source_name
@@ -230,11 +230,9 @@ def answer_budget(task: str, cap: int | None) -> int:
 def decontaminate_items(component: RawComponent, cfg) -> dict:
     """Drop the component's items that share an n-gram with an eval set; the counts for its report."""
     texts = [item_text(item) for _, item, _ in component.items]
-    kept, dropped = screen(texts, cfg)
+    kept, dropped, affected = screen_counted(texts, cfg)
     if not dropped:
         return {"dropped_decontaminated": 0}
-    keep = set(kept)
-    affected = affected_eval_items([t for i, t in enumerate(texts) if i not in keep], cfg)
     component.items = [component.items[i] for i in kept]
     if not component.items:
         raise DataError(f"{component.where}: every item of '{component.name}' overlaps an eval set (data.decontam)")

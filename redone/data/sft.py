@@ -38,7 +38,7 @@ from redone.config.schema import QualityDecontam, SFTConfig, SourceSection
 from redone.data import records
 from redone.data.cache import cached_store, tokenizer_digest
 from redone.data.chat import encode_chat
-from redone.data.decontam import affected_eval_items, eval_set_digests, screen
+from redone.data.decontam import eval_set_digests, screen_counted
 from redone.data.mixture import MixtureSampler, mixture_probs, split_source_weights
 from redone.data.packing import ItemPacker, TokenStore, split_holdout
 from redone.data.sources import detect_format, read_records, source_digest, source_name
@@ -188,10 +188,9 @@ def tokenized_component(component: Component, tokenizer, config: SFTConfig):
 def decontaminate_component(component: Component, cfg: QualityDecontam) -> None:
     """Drop the component's examples that share an n-gram with an eval set (redone.data.decontam)."""
     texts = [example_text(example) for example in component.examples]
-    kept, dropped = screen(texts, cfg)
+    kept, dropped, affected = screen_counted(texts, cfg)
     if dropped:
-        keep = set(kept)
-        component.eval_items_affected = affected_eval_items([t for i, t in enumerate(texts) if i not in keep], cfg)
+        component.eval_items_affected = affected
         component.examples = [component.examples[i] for i in kept]
         component.decontaminated = dict(sorted(dropped.items()))
     if not component.examples:
