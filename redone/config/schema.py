@@ -261,7 +261,7 @@ class DPOConfig(RunConfig):
 
 # ---------------------------------------------------------------- evaluation and the pipeline
 
-BENCHES = ("sns-bench", "sns-transbench", "general-ppl", "lm-eval")
+BENCHES = ("sns-bench", "sns-transbench", "general-ppl", "preference", "lm-eval")
 DEFAULT_BENCHES = ("sns-bench", "sns-transbench", "general-ppl")
 SKILL_FREE_BENCHES = ("sns-bench", "sns-transbench")
 SUBSETS = ("first", "spread")
@@ -299,6 +299,7 @@ class EvalConfig:
     device: str = "auto"  # auto: cuda when available, else cpu
     ppl_max_tokens: int = 16384
     ppl_context: int = 1024
+    pref_pairs: int = 256  # the preference bench: HH-RLHF test pairs, and as many SNS test pairs
     lm_eval_tasks: list[str] = field(default_factory=list)
     lm_eval_limit: Optional[int] = None
     progress: bool = True

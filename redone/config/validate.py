@@ -310,7 +310,7 @@ def check_eval(cfg: EvalConfig, prefix: str = "eval") -> None:
     _choice(f"{prefix}.embedder", cfg.embedder, ("auto", "none"))
     for file in cfg.files:
         _choice(f"{prefix}.files", file, SNS_FILES)
-    for name in ("batch_size", "ppl_max_tokens", "ppl_context"):
+    for name in ("batch_size", "ppl_max_tokens", "ppl_context", "pref_pairs"):
         _require(getattr(cfg, name) >= 1, f"{prefix}.{name}", f"must be >= 1, got {getattr(cfg, name)}")
     for name in ("limit", "max_prompt_chars"):
         value = getattr(cfg, name)

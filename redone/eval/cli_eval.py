@@ -56,6 +56,8 @@ def add_eval_parser(sub, func) -> argparse.ArgumentParser:
     p.add_argument("--attn-implementation", help="auto (default), sdpa, eager, flash_attention_2")
     p.add_argument("--ppl-max-tokens", type=int, help="scored tokens per perplexity text (default 16384)")
     p.add_argument("--ppl-context", type=int, help="perplexity window in tokens (default 1024)")
+    p.add_argument("--pref-pairs", type=int,
+                   help="bench preference: HH-RLHF test pairs and SNS test pairs ranked (default 256 each)")
     p.add_argument("--lm-eval-task", action="append", dest="lm_eval_tasks", help="lm-eval task (bench lm-eval)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", default=None)

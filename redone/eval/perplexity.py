@@ -60,14 +60,22 @@ def sequence_nll(model, sequences: list[tuple[list[int], list[bool]]], *, batch_
 
     ``mask[t]`` says token t is scored (predicted from tokens < t); ``mask[0]`` is ignored.
     """
+    scored = per_sequence_nll(model, sequences, batch_size=batch_size)
+    return sum(nll for nll, _ in scored), sum(count for _, count in scored)
+
+
+def per_sequence_nll(model, sequences: list[tuple[list[int], list[bool]]], *,
+                     batch_size: int = 4) -> list[tuple[float, int]]:
+    """(NLL sum, scored positions) of each sequence, in input order; masks as in ``sequence_nll``."""
     import torch
     import torch.nn.functional as F
 
-    total, count = 0.0, 0
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(sequences)
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i][0]))  # little padding
     device = model.device
     for start in range(0, len(order), batch_size):
-        batch = [sequences[i] for i in order[start : start + batch_size]]
+        rows = order[start : start + batch_size]
+        batch = [sequences[i] for i in rows]
         width = max(len(ids) for ids, _ in batch)
         input_ids = torch.zeros(len(batch), width, dtype=torch.long)
         attention = torch.zeros(len(batch), width, dtype=torch.long)
@@ -82,10 +90,10 @@ def sequence_nll(model, sequences: list[tuple[list[int], list[bool]]], *, batch_
             logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
         logits = logits[:, :-1].float()
         targets = labels[:, 1:].to(device)
-        total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
-                                 ignore_index=-100, reduction="sum").item()
-        count += int((targets != -100).sum())
-    return total, count
+        nll = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")  # (B, T-1)
+        for row, index in enumerate(rows):
+            out[index] = (nll[row].sum().item(), int((targets[row] != -100).sum()))
+    return out
 
 
 def _summary(nll: float, count: int, empty: str, **extra) -> dict:

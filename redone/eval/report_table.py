@@ -155,6 +155,19 @@ def ppl_markdown(section: dict) -> str:
                         _table(["text", "ppl", "mean NLL", "scored tokens", "what"], rows)])
 
 
+def preference_markdown(section: dict) -> str:
+    rows = [[name, _num(section[key]["accuracy"]), _num(section[key]["accuracy_sum"]),
+             _num(section[key]["margin"], 3), section[key]["n"]]
+            for key, name in (("hh", "HH-RLHF harmless test"), ("sns", "SNS-Bench test (gold vs wrong answer)"))]
+    rows.append(["mean of the two", _num(section["accuracy"]), "", "", ""])
+    notes = ["right = the chosen reply has the higher mean log-probability per token (accuracy) or the higher "
+             "summed log-probability (by sum); no reference model, so every column compares directly",
+             "margin = mean (chosen - rejected) log-probability per token, nats"]
+    return "\n\n".join(["## Held-out preference accuracy (higher is better)",
+                         _table(["pairs", "accuracy", "by sum", "margin", "n"], rows),
+                         "\n".join(f"- {n}" for n in notes)])
+
+
 def result_markdown(result: dict) -> str:
     parts = ["\n".join(header_lines(result))]
     if "sns_bench" in result:
@@ -163,6 +176,8 @@ def result_markdown(result: dict) -> str:
         parts.append(transbench_markdown(result["sns_transbench"]))
     if "general_ppl" in result:
         parts.append(ppl_markdown(result["general_ppl"]))
+    if "preference" in result:
+        parts.append(preference_markdown(result["preference"]))
     if "lm_eval" in result:
         parts.append("## lm-evaluation-harness\n\n```\n" + str(result["lm_eval"].get("results")) + "\n```")
     return "\n\n".join(parts) + "\n"
@@ -192,6 +207,11 @@ def headline_rows(result: dict) -> list[tuple[str, float | None, bool]]:
         rows.append(("PPL HH-RLHF chosen ↓", (ppl.get("hh_rlhf_chosen") or {}).get("ppl"), False))
         if ppl.get("sns_heldout_notes"):
             rows.append(("PPL SNS held-out notes ↓", ppl["sns_heldout_notes"].get("ppl"), False))
+    pref = result.get("preference")
+    if pref:
+        rows += [("Pref. accuracy HH-RLHF", pref["hh"]["accuracy"], True),
+                 ("Pref. accuracy SNS", pref["sns"]["accuracy"], True),
+                 ("Pref. accuracy mean", pref["accuracy"], True)]
     return rows
 
 

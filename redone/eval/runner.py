@@ -7,7 +7,8 @@ Features
   did-you-mean, types checked).
 - Benches: ``sns-bench`` (the 12 files of ``<data>/sns_bench/<split>``, scored by
   ``redone.sns.scoring``, aggregated to 8 tasks + average), ``sns-transbench`` (both directions of
-  ``<data>/sns_transbench/<split>.json``, BLEU + chrF++), ``general-ppl`` (``redone.eval.perplexity``)
+  ``<data>/sns_transbench/<split>.json``, BLEU + chrF++), ``general-ppl`` (``redone.eval.perplexity``),
+  ``preference`` (held-out preference accuracy on HH-RLHF and SNS test pairs, ``redone.eval.preference``)
   and ``lm-eval`` (lm-evaluation-harness tasks, only where it is installed).
 - Prompts come from ``redone.sns.tasks.prompt_messages`` -- the builder SFT trains with -- in the
   "redone" or "official" style, long note fields clipped by ``sns_tasks.clip_item`` when
@@ -29,7 +30,7 @@ Features
   (the Markdown tables of ``redone.eval.report_table``).
 
 Errors: ``RedoneError`` for an unknown bench, option, SNS-Bench file or prompt style (did-you-mean), a
-missing data folder or file, general-ppl / lm-eval asked of the skill-free baseline, and whatever the
+missing data folder or file, general-ppl / preference / lm-eval asked of the skill-free baseline, and whatever the
 model loader, generator or scorers raise.
 """
 
@@ -369,6 +370,14 @@ def run_eval(model: str | None, options: EvalConfig) -> dict:
                                               max_tokens=options.ppl_max_tokens, context=options.ppl_context,
                                               batch_size=min(options.batch_size, 4))
         sections["general_ppl"]["seconds"] = time.perf_counter() - began
+    if "preference" in benches:
+        from redone.eval.preference import preference_accuracy
+
+        began = time.perf_counter()
+        sections["preference"] = preference_accuracy(
+            predictor.model, predictor.tokenizer, data_dir, pairs=options.pref_pairs, style=options.prompt_style,
+            max_prompt_chars=options.max_prompt_chars, batch_size=min(options.batch_size, 4))
+        sections["preference"]["seconds"] = time.perf_counter() - began
     if "lm-eval" in benches:
         from redone.eval.perplexity import run_lm_eval
 
