@@ -147,7 +147,12 @@ def test_cluster_and_demo_configs_validate():
     full = dry_run(REPO / "configs" / "pipeline" / "full.yaml", log=lambda _: None)
     assert full[1].model.name_or_path == "runs/full/cpt/final" and full[1].data.temperature == 3
     assert [s.limit for s in full[1].data.sources] == [None, None, None]
-    assert full[1].train.max_steps > 10 * demo[1].train.max_steps
+    # Sized to fit 150 min on 2 cores (measured 67 min): twice the demo's SFT, on-policy DPO, whole test split.
+    assert full[1].train.max_steps >= 2 * demo[1].train.max_steps and full[2].data.sample_rejected == 4
+    from redone.config.load import read_yaml_with_defaults
+
+    raw = read_yaml_with_defaults(REPO / "configs" / "pipeline" / "full.yaml")
+    assert raw.eval.limit is None and "preference" in raw.eval.benches
 
 
 def test_ablations_reuse_matching_stages_and_report_intervals(pipeline_file, tmp_path):
