@@ -24,7 +24,6 @@ Errors: ``RedoneError`` for a missing pair file or a set with no usable pair.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -38,20 +37,15 @@ MAX_LEN = 1024  # pairs longer than this lose the head of their prompt, as DPO's
 def hh_pairs(data_dir: Path, n: int) -> list:
     """The first ``n`` usable pairs of the HH-RLHF harmless test file."""
     from redone.data.dpo import pair_from_record
+    from redone.data.sources import read_jsonl
     from redone.errors import DataError
-    from redone.textio import read_lines
 
     path = data_dir / HH_TEST
     if not path.is_file():
         raise RedoneError(f"preference: {path} not found (the HH-RLHF harmless test pairs)")
     pairs = []
-    for line, text in read_lines(path):
-        if not text.strip():
-            continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise RedoneError(f"{path}:{line}: not valid JSON ({err.msg})") from None
+    for record in read_jsonl(path):
+        line = record.pop("_line")
         try:
             pairs.append(pair_from_record(record, f"{path}:{line}"))
         except DataError:  # BadPair included: a record with no two distinct replies is no pair to rank
