@@ -34,3 +34,14 @@ def kill_point(name: str) -> None:
     _kill_hits[name] = _kill_hits.get(name, 0) + 1
     if _kill_hits[name] == int(nth or 1):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def hit_counts() -> dict[str, int]:
+    """How often each point was reached in this process (what a stage run in a child process hands
+    back, so the n-th hit of a pipeline counts across its stage processes: ``redone.isolate``)."""
+    return dict(_kill_hits)
+
+
+def restore_hit_counts(counts: dict[str, int]) -> None:
+    _kill_hits.clear()
+    _kill_hits.update(counts)

@@ -9,6 +9,8 @@ Features
   started from the current parent weights (fingerprints) is skipped; a changed stage re-runs, and so
   does everything after it. An interrupted stage resumes from its newest checkpoint (same config) or
   restarts (changed config: the stale stage dir is removed, and the message says so).
+- Each stage trains in a fresh child process (``stage_processes: auto``; redone/isolate.py says why:
+  a clean heap per stage, 17% lower peak RSS on CPT->SFT), except under a multi-process launch.
 - ``--from STAGE`` / ``--only STAGE``; ``state.json`` in the output root records what ran or was skipped.
 - Eval of base and every stage's final model (results cached per model fingerprint), the skill-free
   baseline row, ``report.md`` + PNG plots, and a model card in each final dir.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -43,6 +46,7 @@ from redone.stages import STAGE_NAMES, build_config, run_stage
 from redone.train import checkpoint as ckpt
 
 SHARED_KEYS = ("seed", "model", "tracking")
+STAGE_PROCESS_MODES = ("auto", "always", "never")
 
 
 def load_pipeline(path: str | Path | None, overrides=()) -> tuple[dict, PipelineConfig]:
@@ -54,6 +58,9 @@ def load_pipeline(path: str | Path | None, overrides=()) -> tuple[dict, Pipeline
         top = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PipelineConfig), raw))
     except Exception as err:  # OmegaConf type errors name the key in their message
         raise ConfigError(f"{getattr(err, 'full_key', '?')}: {str(err).splitlines()[0]} ({path})") from None
+    if top.stage_processes not in STAGE_PROCESS_MODES:
+        raise ConfigError(f"stage_processes: '{top.stage_processes}' is not one of "
+                          f"{', '.join(STAGE_PROCESS_MODES)} ({path})")
     for stage in top.stages:
         if stage not in STAGE_NAMES:
             raise ConfigError(f"stages: '{stage}' is not one of {', '.join(STAGE_NAMES)}")
@@ -259,7 +266,7 @@ def run_chain(plain: dict, top: PipelineConfig, chain: list[str], chosen: list[s
                 log(f"[pipeline]   removing stale {config.output_dir} (config or parent weights changed)")
                 shutil.rmtree(config.output_dir)
             t0 = time.perf_counter()
-            final = run_stage(config)
+            final = train_stage(config, top, stage)
             stages[stage] = {"status": status, "seconds": round(time.perf_counter() - t0, 1)}
             if final is None:  # train.stop_after_steps: the next stages need this one's final/
                 log(f"[pipeline] {stage}: stopped early at train.stop_after_steps; rerun to resume it")
@@ -276,6 +283,25 @@ def run_chain(plain: dict, top: PipelineConfig, chain: list[str], chosen: list[s
         finals[stage] = str(final)
         parent, parent_fp = str(final), lineage["fingerprint"]
     return finals
+
+
+def train_stage(config, top: PipelineConfig, stage: str):
+    """Train one stage in a fresh child process, or here (``stage_processes``): its final dir or None."""
+    if use_stage_processes(top):
+        from redone.isolate import run_isolated
+
+        return run_isolated(run_stage, config, label=stage)
+    return run_stage(config)
+
+
+def use_stage_processes(top: PipelineConfig) -> bool:
+    # Launched as several ranks (accelerate launch, torchrun): the ranks train every stage in their own
+    # processes and keep one process group, as a child per rank would have to form a new group per stage.
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if top.stage_processes == "always" and distributed:
+        raise ConfigError("stage_processes: 'always' cannot be honoured under a multi-process launch "
+                          f"(WORLD_SIZE={os.environ['WORLD_SIZE']}); use 'auto' or 'never'")
+    return top.stage_processes == "always" or (top.stage_processes == "auto" and not distributed)
 
 
 def ablation_rows(top: PipelineConfig) -> list[str]:

@@ -53,8 +53,10 @@ eval:
 @pytest.fixture()
 def pipeline_file(tiny_model_dir, tmp_path):
     path = tmp_path / "pipeline.yaml"
+    # Stages in this process: these tests are about chaining and skipping, and a fresh interpreter per
+    # stage (the default, covered by tests/test_golden.py and tests/test_isolate.py) adds ~5 s each.
     path.write_text(PIPELINE.format(root=tmp_path / "run", model=tiny_model_dir, cache=tmp_path / "cache",
-                                    data=DATA))
+                                    data=DATA) + "stage_processes: never\n")
     return path
 
 

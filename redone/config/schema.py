@@ -345,6 +345,11 @@ class PipelineConfig:
     # Delete a stage's step checkpoints once its final/ is written: resume only needs them while the
     # stage is unfinished, and each one holds the weights plus two Adam moments (3x the model).
     prune_checkpoints: bool = False
+    # Where each stage trains: "auto" = a fresh child process per stage (a clean heap, and the previous
+    # stage's memory handed back: redone/isolate.py), except under a multi-process launch (accelerate,
+    # torchrun), where the ranks keep one process group across stages; "always" (refused under such a
+    # launch) or "never" (every stage in the pipeline's own process).
+    stage_processes: str = "auto"
     model: ModelSection = field(default_factory=ModelSection)
     tracking: TrackingSection = field(default_factory=TrackingSection)
     cpt: Any = None

@@ -53,6 +53,7 @@ from omegaconf import OmegaConf
 
 from redone.config import config_hash, config_to_dict, config_to_yaml
 from redone.errors import ConfigError, RedoneError
+from redone.isolate import die_with_parent
 
 KEY_VERSION = 1
 # Keys that change how a run is driven, never what it computes: left out of the cache key (with output_dir).
@@ -266,15 +267,6 @@ def start_worker(queue: list[Proxy], threads: int) -> subprocess.Popen:
                                 stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent)
     finally:
         log.close()
-
-
-def die_with_parent() -> None:
-    """In the child before exec: ask Linux to send SIGTERM when the parent exits (no-op elsewhere)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @contextlib.contextmanager
