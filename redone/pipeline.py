@@ -61,6 +61,9 @@ def load_pipeline(path: str | Path | None, overrides=()) -> tuple[dict, Pipeline
     if top.stage_processes not in STAGE_PROCESS_MODES:
         raise ConfigError(f"stage_processes: '{top.stage_processes}' is not one of "
                           f"{', '.join(STAGE_PROCESS_MODES)} ({path})")
+    if top.stage_processes == "always" and launched_as_ranks():
+        raise ConfigError("stage_processes: 'always' cannot be honoured under a multi-process launch "
+                          f"(WORLD_SIZE={os.environ['WORLD_SIZE']}); use 'auto' or 'never' ({path})")
     for stage in top.stages:
         if stage not in STAGE_NAMES:
             raise ConfigError(f"stages: '{stage}' is not one of {', '.join(STAGE_NAMES)}")
@@ -295,13 +298,13 @@ def train_stage(config, top: PipelineConfig, stage: str):
 
 
 def use_stage_processes(top: PipelineConfig) -> bool:
-    # Launched as several ranks (accelerate launch, torchrun): the ranks train every stage in their own
-    # processes and keep one process group, as a child per rank would have to form a new group per stage.
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if top.stage_processes == "always" and distributed:
-        raise ConfigError("stage_processes: 'always' cannot be honoured under a multi-process launch "
-                          f"(WORLD_SIZE={os.environ['WORLD_SIZE']}); use 'auto' or 'never'")
-    return top.stage_processes == "always" or (top.stage_processes == "auto" and not distributed)
+    return top.stage_processes == "always" or (top.stage_processes == "auto" and not launched_as_ranks())
+
+
+def launched_as_ranks() -> bool:
+    # Several ranks (accelerate launch, torchrun) train every stage in their own processes and keep one
+    # process group, as a child per rank would have to form a new group per stage.
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def ablation_rows(top: PipelineConfig) -> list[str]:

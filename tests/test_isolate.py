@@ -69,10 +69,10 @@ def test_a_killed_child_kills_the_parent_with_the_same_signal():
     assert "redone: sft: the stage process was killed by SIGKILL" in proc.stderr
 
 
-def cli(args, env=None, **kw):
+def cli(args, env=None):
     env = dict(os.environ, **(env or {}))
     return subprocess.run([sys.executable, "-m", "redone", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=600, env=env, **kw)
+                          timeout=600, env=env)
 
 
 def test_pipeline_stage_killed_in_its_process_resumes_to_the_in_process_result(tiny_model_dir, tmp_path):
